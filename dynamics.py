@@ -1,0 +1,41 @@
+"""Relaxing the neural states towards a fixed point of the energy: free and nudged phases.
+
+Two interchangeable steps: the model's explicit local step (fast, works under torch.no_grad)
+and the reference act(autograd.grad(Phi, s)) that tests and benchmarks compare it with.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from model_utils import EnergyNet, States
+
+
+def autograd_step(model: EnergyNet, x: Tensor, s: States, y: Tensor | None = None,
+                  beta: float | Tensor = 0.0) -> States:
+    """Reference step s_k <- act(dPhi/ds_k) by autograd; keeps the graph when grad mode is on."""
+    keep_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        leaves = [t if t.requires_grad else t.detach().requires_grad_() for t in s]
+        grads = torch.autograd.grad(model.phi(x, leaves, y, beta).sum(), leaves,
+                                    create_graph=keep_graph)
+    return [act(g) for act, g in zip(model.acts, grads)]
+
+
+def relax(model: EnergyNet, x: Tensor, s: States, steps: int, y: Tensor | None = None,
+          beta: float | Tensor = 0.0, explicit: bool = True) -> States:
+    """Run `steps` synchronous steps of the dynamics from states `s` with x clamped."""
+    if explicit:
+        drive = model.input_drive(x)
+        for _ in range(steps):
+            s = model.step(drive, s, y, beta)
+    else:
+        for _ in range(steps):
+            s = autograd_step(model, x, s, y, beta)
+    return s
+
+
+def free_phase(model: EnergyNet, x: Tensor, steps: int, explicit: bool = True) -> States:
+    """`steps` free steps (beta = 0) from zero states: the network's prediction."""
+    return relax(model, x, model.init_states(x), steps, explicit=explicit)

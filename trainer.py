@@ -1,0 +1,230 @@
+"""The training loop: epochs of on-device mini-batches, evaluation, checkpoints and resume.
+
+Everything a run needs to continue bit for bit (weights, optimizer, scheduler, history, the
+data generator and, after Ctrl-C, the position inside the epoch) is in checkpoint.tar.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from argparse import Namespace
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+import plots
+from data_utils import Split, batches, num_batches
+from dynamics import free_phase
+from errors import Diverged
+from estimators import Phases, bp_gradients, bptt_gradients, ep_gradients
+from model_utils import EnergyNet, States
+from results import (BEST_MODEL, CHECKPOINT, FINAL_CHECKPOINT, FINAL_MODEL, METRICS,
+                     atomic_save, write_metrics)
+
+EVAL_MBS = 500
+HISTORY_KEYS = ("epoch", "train_acc", "test_acc", "train_loss", "seconds")
+
+
+def make_optimizer(model: EnergyNet, args: Namespace) -> torch.optim.Optimizer:
+    """One parameter group per synapse, with that layer's lr and weight decay."""
+    groups = [{"params": list(syn.parameters()), "lr": lr, "weight_decay": wd}
+              for syn, lr, wd in zip(model.synapses, args.lrs, args.wds)]
+    if args.optim == "sgd":
+        return torch.optim.SGD(groups, momentum=args.mmt)
+    return torch.optim.Adam(groups)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, args: Namespace):
+    """--lr-decay: cosine annealing of every group's lr over 100 epochs down to 1e-5."""
+    if not args.lr_decay:
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=100, eta_min=1e-5)
+
+
+def phases_from(args: Namespace) -> Phases:
+    return Phases(args.T1, args.T2, args.betas[0], args.betas[1], args.thirdphase,
+                  args.dynamics == "explicit")
+
+
+@torch.no_grad()
+def predict(model: EnergyNet, x: Tensor, alg: str, T1: int, explicit: bool = True) -> States:
+    """Free states from zero after T1 steps (the feed-forward pass for a BP-trained model)."""
+    return model.feedforward(x) if alg == "BP" else free_phase(model, x, T1, explicit)
+
+
+@torch.no_grad()
+def evaluate(model: EnergyNet, data: Split, alg: str, T1: int, explicit: bool = True,
+             mbs: int = EVAL_MBS) -> tuple[float, float]:
+    """Accuracy (%) and mean loss over a whole split."""
+    correct, loss = 0.0, 0.0
+    for i in range(0, len(data), mbs):
+        x, y = data.x[i:i + mbs], data.y[i:i + mbs]
+        s = predict(model, x, alg, T1, explicit)
+        correct += (model.logits(s).argmax(1) == y).sum().item()
+        loss += model.loss(s, y).sum().item()
+    return 100 * correct / len(data), loss / len(data)
+
+
+@dataclass
+class Cursor:
+    """Where an interrupted epoch stands: its batch order, next batch and running sums."""
+    perm: Tensor
+    next_batch: int = 0
+    correct: float = 0.0
+    seen: int = 0
+    loss_sum: float = 0.0
+    seconds: float = 0.0
+
+
+class Trainer:
+    def __init__(self, model: EnergyNet, train: Split, test: Split, args: Namespace,
+                 run_dir: Path | None):
+        self.model, self.train, self.test = model, train, test
+        self.args, self.run_dir = args, run_dir
+        self.optimizer = make_optimizer(model, args)
+        self.scheduler = make_scheduler(self.optimizer, args)
+        self.phases = phases_from(args)
+        self.gen = torch.Generator(device=train.x.device).manual_seed(args.seed)
+        self.history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
+        self.epoch, self.best_acc, self.cursor = 0, -1.0, None
+        self.stop_requested = False
+        self.last_free_states: States = []
+
+    # ---- checkpoint ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "epoch": self.epoch,
+            "best_acc": self.best_acc,
+            "history": self.history,
+            "gen": self.gen.get_state(),
+            "cursor": asdict(self.cursor) if self.cursor else None,
+            "args": vars(self.args),
+        }
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler and ckpt["scheduler"]:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.epoch, self.best_acc, self.history = ckpt["epoch"], ckpt["best_acc"], ckpt["history"]
+        self.gen.set_state(ckpt["gen"])
+        cur = ckpt["cursor"]
+        if cur:
+            cur = Cursor(**{**cur, "perm": cur["perm"].to(self.train.x.device)})
+        self.cursor = cur
+
+    def save(self, name: str) -> None:
+        if self.run_dir is not None:
+            atomic_save(self.state_dict(), self.run_dir / name)
+
+    def save_model(self, name: str, test_acc: float) -> None:
+        if self.run_dir is not None:
+            atomic_save({"model": self.model.state_dict(), "args": vars(self.args),
+                         "epoch": self.epoch, "test_acc": test_acc}, self.run_dir / name)
+
+    # ---- training ------------------------------------------------------------------------
+    def train_batch(self, x: Tensor, y: Tensor) -> States:
+        """Gradients of one batch by the chosen algorithm; returns the free states."""
+        alg = self.args.alg
+        if alg == "EP":
+            sign = 1.0
+            if self.args.random_sign:
+                sign = 2.0 * torch.randint(0, 2, (), generator=self.gen, device=x.device).item() - 1
+            return ep_gradients(self.model, x, y, self.phases, sign)
+        if alg == "BPTT":
+            return bptt_gradients(self.model, x, y, self.phases)
+        return bp_gradients(self.model, x, y)
+
+    def run_epoch(self, total_epochs: int) -> bool:
+        """Train one epoch (or its rest after a resume); False if stopped by Ctrl-C."""
+        n = len(self.train)
+        if self.cursor is None:
+            perm = torch.randperm(n, generator=self.gen, device=self.train.x.device)
+            self.cursor = Cursor(perm)
+        cur = self.cursor
+        params = list(self.model.parameters())
+        start_time = time.time() - cur.seconds
+        bar = tqdm(total=num_batches(n, self.args.mbs), initial=cur.next_batch, unit="batch",
+                   desc=f"epoch {self.epoch + 1}/{total_epochs}", dynamic_ncols=True, leave=False,
+                   mininterval=0.5 if sys.stderr.isatty() else 30)
+        stream = batches(self.train, self.args.mbs, cur.perm, cur.next_batch, self.args.data_aug,
+                         self.gen)
+        for b, (x, y) in enumerate(stream, cur.next_batch):
+            s = self.train_batch(x, y)
+            with torch.no_grad():
+                grad_sum = torch.stack([p.grad.sum() for p in params]).sum()
+                stats = torch.stack([(self.model.logits(s).argmax(1) == y).sum().to(grad_sum),
+                                     self.model.loss(s, y).sum().to(grad_sum), grad_sum]).tolist()
+            if not all(map(math.isfinite, stats)):
+                bar.close()
+                raise Diverged(f"NaN or inf in the states or gradients at epoch {self.epoch + 1}, "
+                               f"batch {b + 1}: lower --lrs or --betas")
+            self.optimizer.step()
+            cur.next_batch, cur.seen = b + 1, cur.seen + len(y)
+            cur.correct += stats[0]
+            cur.loss_sum += stats[1]
+            cur.seconds = time.time() - start_time
+            self.last_free_states = s
+            bar.update()
+            bar.set_postfix(acc=f"{100 * cur.correct / cur.seen:.2f}%", refresh=False)
+            if self.stop_requested:
+                bar.close()
+                return False
+        bar.close()
+        return True
+
+    def end_epoch(self) -> None:
+        """Evaluate, log, plot and checkpoint after a full epoch."""
+        cur, args = self.cursor, self.args
+        test_acc, _ = evaluate(self.model, self.test, args.alg, args.T1, self.phases.explicit)
+        self.epoch += 1
+        row = (self.epoch, 100 * cur.correct / cur.seen, test_acc, cur.loss_sum / cur.seen,
+               cur.seconds)
+        for k, v in zip(HISTORY_KEYS, row):
+            self.history[k].append(round(v, 6) if isinstance(v, float) else v)
+        self.cursor = None
+        if self.scheduler:
+            self.scheduler.step()
+        tqdm.write(f"epoch {self.epoch}: train {row[1]:.2f}%  test {test_acc:.2f}%  "
+                   f"loss {row[3]:.4f}  {row[4]:.1f}s")
+        if self.run_dir is None:
+            return
+        write_metrics(self.run_dir / METRICS, self.history)
+        plots.plot_accuracy(self.history, self.run_dir / "train-test_acc.png")
+        plots.plot_activity(self.last_free_states, self.run_dir / "neural_activity.png")
+        if test_acc > self.best_acc:
+            self.best_acc = test_acc
+            self.save_model(BEST_MODEL, test_acc)
+        self.save(CHECKPOINT)
+
+    def fit(self, epochs: int) -> bool:
+        """Run `epochs` more epochs; False if Ctrl-C stopped it (a checkpoint is saved)."""
+        total = self.epoch + epochs
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            while self.epoch < total:
+                if not self.run_epoch(total):
+                    self.save(CHECKPOINT)
+                    return False
+                self.end_epoch()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        self.save(FINAL_CHECKPOINT)
+        self.save_model(FINAL_MODEL, (self.history["test_acc"] or [0.0])[-1])
+        return True
+
+    def _on_sigint(self, signum, frame) -> None:
+        """First Ctrl-C: finish the batch, checkpoint, stop. Second: stop at once."""
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        tqdm.write("Ctrl-C: finishing this batch and saving a checkpoint (Ctrl-C again to abort)")
