@@ -1,0 +1,51 @@
+"""Shared helpers: run the CLI in-process and read what a run wrote."""
+
+import csv
+import shlex
+from pathlib import Path
+
+import torch
+
+import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_MLP = ["--archi", "784", "32", "10", "--T1", "5", "--T2", "2", "--mbs", "200",
+            "--optim", "sgd", "--lrs", "0.05", "0.05", "--mmt", "0.9"]
+
+
+def cli(argv, capsys=None):
+    """Run main.py in-process; return (exit code, stdout, stderr)."""
+    rc = main.main([str(a) for a in argv])
+    out, err = capsys.readouterr() if capsys else ("", "")
+    return rc, out, err
+
+
+def only_run_dir(root: Path) -> Path:
+    runs = [p for p in root.glob("*/*/*/*") if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def metrics(run_dir: Path, drop=("seconds",)) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def script_lines(path: Path) -> list[list[str]]:
+    """The argument lists of the `python main.py ...` lines of a shell script."""
+    lines = []
+    for line in path.read_text().splitlines():
+        words = shlex.split(line, comments=True)
+        if len(words) > 2 and words[0] == "python" and words[1].startswith("main"):
+            lines.append([w for w in words[2:] if w != "$@"])  # "$@": extra flags
+    return lines

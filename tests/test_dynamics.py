@@ -1,0 +1,107 @@
+"""The explicit step equals act(autograd.grad(Phi, s)); the energy's EP gradient matches BPTT."""
+
+import pytest
+import torch
+
+from dynamics import autograd_step, free_phase, relax
+from estimators import Phases, bp_gradients, bptt_gradients, ep_gradients
+from model_utils import ACTIVATIONS, build_cnn, build_mlp
+
+HEADS = [("mse", False), ("cel", False), ("cel", True)]
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def random_states(model, n):
+    return [torch.randn(n, *shape) for shape in model.state_shapes]
+
+
+def assert_steps_match(model, x, y):
+    s = random_states(model, x.shape[0])
+    for beta in (0.0, 0.7, torch.tensor([0.3, -0.2, 0.5, 1.0])):
+        explicit = model.step(model.input_drive(x), s, y, beta)
+        reference = autograd_step(model, x, s, y, beta)
+        for e, r in zip(explicit, reference, strict=True):
+            assert (e - r).norm() <= 1e-10 * r.norm()
+
+
+@pytest.mark.parametrize("loss,softmax", HEADS)
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+def test_mlp_step_is_autograd_of_phi(loss, softmax, act):
+    model = build_mlp([20, 15, 12, 10], act, loss, softmax)
+    assert_steps_match(model, torch.randn(4, 20), torch.randint(0, 10, (4,)))
+
+
+@pytest.mark.parametrize("loss,softmax", HEADS)
+@pytest.mark.parametrize("pools", ["mm", "aa", "ii", "ma", "im"])
+def test_cnn_step_is_autograd_of_phi(loss, softmax, pools):
+    # odd sizes (11 -> 11 -> 5, 5 -> 4 -> 2) exercise pooling edges and output padding
+    model = build_cnn((3, 11, 11), [4, 5], [3, 2], [1, 2], [1, 0], pools, [7, 10], "tanh",
+                      loss, softmax)
+    with torch.no_grad():  # random weights large enough that every pooled max matters
+        for p in model.parameters():
+            p.normal_()
+    assert_steps_match(model, torch.randn(4, 3, 11, 11), torch.randint(0, 10, (4,)))
+
+
+def test_explicit_dynamics_need_no_autograd():
+    model = build_cnn((1, 12, 12), [3], [3], [1], [1], "m", [10], "hard_sigmoid", "mse", False)
+    x = torch.rand(2, 1, 12, 12)
+    with torch.no_grad():
+        s = free_phase(model, x, 5)
+    assert all(not t.requires_grad for t in s)
+    reference = relax(model, x, model.init_states(x), 5, explicit=False)
+    for a, b in zip(s, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def flat_grads(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("loss,softmax", HEADS)
+def test_ep_gradient_tends_to_bptt(loss, softmax):
+    """At a converged fixed point, EP -> BPTT as beta -> 0; the symmetric estimate is closer."""
+    model = build_mlp([12, 10, 8, 5], "tanh", loss, softmax)
+    x, y = torch.randn(16, 12), torch.randint(0, 5, (16,))
+    s = free_phase(model, x, 300)
+    assert max((a - b).abs().max() for a, b in zip(s, relax(model, x, s, 1))) < 1e-8
+    bptt_gradients(model, x, y, Phases(T1=300, T2=100))
+    g_bptt = flat_grads(model)
+
+    def error(beta, thirdphase):
+        ep_gradients(model, x, y, Phases(300, 100, 0.0, beta, thirdphase))
+        return ((flat_grads(model) - g_bptt).norm() / g_bptt.norm()).item()
+
+    betas = [0.2, 0.05, 0.01]
+    symmetric = [error(b, True) for b in betas]
+    one_sided = [error(b, False) for b in betas]
+    assert symmetric == sorted(symmetric, reverse=True)
+    assert one_sided == sorted(one_sided, reverse=True)
+    assert symmetric[-1] < 0.01
+    assert all(s < o for s, o in zip(symmetric, one_sided))
+
+
+def test_random_sign_flips_beta():
+    """A negative beta2 gives the one-sided estimate from below: close to the +beta one."""
+    model = build_mlp([6, 5, 3], "tanh", "mse", False)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    ep_gradients(model, x, y, Phases(200, 100, 0.0, 0.01), sign=1.0)
+    plus = flat_grads(model)
+    ep_gradients(model, x, y, Phases(200, 100, 0.0, 0.01), sign=-1.0)
+    minus = flat_grads(model)
+    ep_gradients(model, x, y, Phases(200, 100, 0.0, 0.01, thirdphase=True))
+    torch.testing.assert_close((plus + minus) / 2, flat_grads(model), rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(plus, minus, rtol=1e-6, atol=1e-9)
+
+
+def test_bp_baseline_trains_every_layer():
+    model = build_cnn((1, 8, 8), [3], [3], [1], [1], "m", [6, 10], "mysig", "cel", True)
+    bp_gradients(model, torch.rand(5, 1, 8, 8), torch.randint(0, 10, (5,)))
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

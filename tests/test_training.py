@@ -1,0 +1,121 @@
+"""Training runs: resume = uninterrupted, Ctrl-C resume, determinism, divergence, quick-start."""
+
+import math
+
+import pytest
+import torch
+
+import trainer
+from helpers import (ROOT, TINY_MLP, assert_same_weights, cli, metrics, only_run_dir,
+                     script_lines, weights)
+
+AUGMENTED = TINY_MLP + ["--random-sign", "--data-aug", "--seed", "3", "--save"]
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, capsys):
+    assert cli(AUGMENTED + ["--epochs", "3", "--results-dir", tmp_path / "a"])[0] == 0
+    assert cli(AUGMENTED + ["--epochs", "1", "--results-dir", tmp_path / "b"])[0] == 0
+    a, b = only_run_dir(tmp_path / "a"), only_run_dir(tmp_path / "b")
+    assert cli(["--todo", "train", "--load-path", b, "--epochs", "2"])[0] == 0
+    assert_same_weights(weights(a / "final_model.pt"), weights(b / "final_model.pt"))
+    assert_same_weights(weights(a / "model.pt"), weights(b / "model.pt"))
+    assert metrics(a) == metrics(b)
+    assert len(metrics(b)) == 3
+    assert "resumed after epoch 1" in (b / "hyperparameters.txt").read_text()
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch(tmp_path, capsys, monkeypatch):
+    assert cli(AUGMENTED + ["--epochs", "2", "--results-dir", tmp_path / "a"])[0] == 0
+    calls = {"n": 0}
+    original = trainer.Trainer.train_batch
+
+    def interrupted(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 27:  # 20 batches an epoch: stop inside the second epoch
+            self._on_sigint(None, None)
+        return original(self, x, y)
+
+    monkeypatch.setattr(trainer.Trainer, "train_batch", interrupted)
+    rc, out, _ = cli(AUGMENTED + ["--epochs", "2", "--results-dir", tmp_path / "b"], capsys)
+    monkeypatch.setattr(trainer.Trainer, "train_batch", original)
+    b = only_run_dir(tmp_path / "b")
+    assert rc == 130
+    assert f"--load-path {b} --epochs 1" in out
+    ckpt = torch.load(b / "checkpoint.tar", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["cursor"]["next_batch"] == 7
+    assert cli(["--todo", "train", "--load-path", b, "--epochs", "1"])[0] == 0
+    a = only_run_dir(tmp_path / "a")
+    assert_same_weights(weights(a / "final_model.pt"), weights(b / "final_model.pt"))
+    assert metrics(a) == metrics(b)
+
+
+def test_same_seed_same_metrics(tmp_path):
+    for name in ("a", "b"):
+        assert cli(AUGMENTED + ["--epochs", "2", "--results-dir", tmp_path / name])[0] == 0
+    a, b = only_run_dir(tmp_path / "a"), only_run_dir(tmp_path / "b")
+    assert metrics(a) == metrics(b)
+    assert_same_weights(weights(a / "final_model.pt"), weights(b / "final_model.pt"))
+    assert cli(AUGMENTED + ["--epochs", "1", "--seed", "4", "--results-dir", tmp_path / "c"])[0] == 0
+    assert metrics(only_run_dir(tmp_path / "c"))[0] != metrics(a)[0]
+
+
+@pytest.mark.parametrize("alg", ["BPTT", "BP"])
+def test_bptt_and_bp_train_and_evaluate(tmp_path, capsys, alg):
+    argv = TINY_MLP + ["--alg", alg, "--epochs", "2", "--save", "--results-dir", tmp_path]
+    assert cli(argv)[0] == 0
+    run = only_run_dir(tmp_path)
+    assert run.parent.parent.parent.name == alg
+    assert float(metrics(run)[-1]["test_acc"]) > 50
+    rc, out, _ = cli(["--todo", "evaluate", "--load-path", run], capsys)
+    assert rc == 0 and "test accuracy" in out
+    best = max(float(r["test_acc"]) for r in metrics(run))
+    assert f"test accuracy {best:.2f}%" in (run / "hyperparameters.txt").read_text()
+
+
+def test_results_folder_layout(tmp_path):
+    argv = ["--model", "CNN", "--channels", "4", "--kernels", "5", "--pools", "m", "--fc", "10",
+            "--T1", "4", "--T2", "2", "--mbs", "500", "--lrs", "0.02", "0.02", "--act",
+            "my_hard_sig", "--loss", "cel", "--thirdphase", "--lr-decay", "--epochs", "1",
+            "--save", "--results-dir", tmp_path]
+    assert cli(argv)[0] == 0
+    run = only_run_dir(tmp_path)
+    assert run.relative_to(tmp_path).parts[:2] == ("EP", "cel")
+    for name in ("hyperparameters.txt", "train-test_acc.png", "neural_activity.png",
+                 "metrics.csv", "model.pt", "checkpoint.tar", "final_model.pt",
+                 "final_checkpoint.tar"):
+        assert (run / name).is_file(), name
+    assert list(metrics(run, drop=())[0]) == ["epoch", "train_acc", "test_acc", "train_loss",
+                                             "seconds"]
+    ckpt = torch.load(run / "checkpoint.tar", weights_only=True)
+    assert ckpt["args"]["channels"] == [4] and ckpt["scheduler"]["last_epoch"] == 1
+    assert "--thirdphase" in (run / "hyperparameters.txt").read_text().splitlines()[0]
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    assert cli(TINY_MLP + ["--epochs", "1", "--save", "--results-dir", tmp_path])[0] == 0
+    run = only_run_dir(tmp_path)
+    before = torch.load(run / "checkpoint.tar", weights_only=True)
+    original = trainer.Trainer.train_batch
+    calls = {"n": 0}
+
+    def poisoned(self, x, y):
+        s = original(self, x, y)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            next(self.model.parameters()).grad[0, 0] = math.nan
+        return s
+
+    monkeypatch.setattr(trainer.Trainer, "train_batch", poisoned)
+    capsys.readouterr()
+    rc, _, err = cli(["--todo", "train", "--load-path", run, "--epochs", "1"], capsys)
+    assert rc == 1
+    assert "NaN or inf" in err.splitlines()[-1] and "epoch 2, batch 3" in err.splitlines()[-1]
+    after = torch.load(run / "checkpoint.tar", weights_only=True)
+    assert after["epoch"] == 1
+    assert_same_weights(before["model"], after["model"])
+
+
+def test_quickstart_reaches_90_percent(tmp_path):
+    (argv,) = script_lines(ROOT / "check" / "quickstart.sh")
+    assert cli(argv + ["--results-dir", tmp_path])[0] == 0
+    assert float(metrics(only_run_dir(tmp_path))[-1]["test_acc"]) >= 90
