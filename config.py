@@ -25,7 +25,6 @@ ATTACK_FLAGS = ("eps", "image_print", "attack_step", "predict_step", "train_atta
 LCA_FLAGS = ("n_feats", "lca_lambda", "tau", "eta", "lca_stride", "lca_iters", "dict_loss")
 # what a saved run fixes: typed values of these are ignored when loading it
 ARCH_KEYS = ("model", "task", "archi", "scale") + CONV_FLAGS + ("act", "loss", "softmax")
-DEFAULTS = {"archi": [784, 512, 10], "channels": [32, 64], "fc": [10]}
 CONV_FILL = {"kernels": 5, "strides": 1, "paddings": 0, "pools": "m"}
 
 
@@ -55,9 +54,11 @@ def merge_saved(args: Namespace, typed: set[str], saved: dict) -> Namespace:
 
 def fill_defaults(args: Namespace) -> None:
     """Architecture lists left out take their documented defaults (one entry per layer)."""
-    for key, value in DEFAULTS.items():
+    (c, h, w), classes, _ = TASKS[args.task]
+    defaults = {"archi": [c * h * w, 512, classes], "channels": [32, 64], "fc": [classes]}
+    for key, value in defaults.items():
         if getattr(args, key) is None:
-            setattr(args, key, list(value))
+            setattr(args, key, value)
     if MODELS.get(args.model) == "cnn":
         n = len(args.channels)
         for key, fill in CONV_FILL.items():
@@ -65,15 +66,23 @@ def fill_defaults(args: Namespace) -> None:
                 setattr(args, key, fill * n if key == "pools" else [fill] * n)
 
 
-def validate(args: Namespace, typed: set[str]) -> None:
-    """Check the flags against each other; fill the per-layer defaults."""
+def check_available(args: Namespace, typed: set[str]) -> None:
+    """Models, todos and flags that later versions add end here, before anything is loaded."""
     if args.model in LATER_MODELS:
         raise UsageError(f"--model {args.model} is not available yet in this version; "
                          "use MLP or CNN")
-    one_of("model", args.model, MODELS)
     if args.todo in LATER_TODOS:
         raise UsageError(f"--todo {args.todo} is not available yet in this version; "
                          "use train or evaluate")
+    for later in ("check_thm", "same_update", "dropouts"):
+        if later in typed:
+            raise UsageError(f"{flag(later)} is not available yet in this version; remove it")
+
+
+def validate(args: Namespace, typed: set[str]) -> None:
+    """Check the flags against each other; fill the per-layer defaults."""
+    check_available(args, typed)
+    one_of("model", args.model, MODELS)
     one_of("todo", args.todo, sorted(TODOS))
     one_of("task", args.task, TASKS)
     one_of("act", args.act, ACTIVATIONS)
@@ -81,9 +90,6 @@ def validate(args: Namespace, typed: set[str]) -> None:
     one_of("loss", args.loss, LOSSES)
     one_of("optim", args.optim, OPTIMS)
     one_of("dynamics", args.dynamics, ("explicit", "autograd"))
-    for later in ("check_thm", "same_update", "dropouts"):
-        if later in typed:
-            raise UsageError(f"{flag(later)} is not available yet in this version; remove it")
     wrong_place = [(ATTACK_FLAGS, "--todo attack or advtrain"), (LCA_FLAGS, "--model LCACNN")]
     for group, needs in wrong_place:
         for dest in group:

