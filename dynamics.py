@@ -12,27 +12,31 @@ from torch import Tensor
 from model_utils import EnergyNet, States
 
 
-def autograd_step(model: EnergyNet, x: Tensor, s: States, y: Tensor | None = None,
+def autograd_step(model: EnergyNet, x: Tensor, s: States, target: Tensor | None = None,
                   beta: float | Tensor = 0.0) -> States:
     """Reference step s_k <- act(dPhi/ds_k) by autograd; keeps the graph when grad mode is on."""
     keep_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         leaves = [t if t.requires_grad else t.detach().requires_grad_() for t in s]
-        grads = torch.autograd.grad(model.phi(x, leaves, y, beta).sum(), leaves,
+        grads = torch.autograd.grad(model.phi(x, leaves, target, beta).sum(), leaves,
                                     create_graph=keep_graph)
     return [act(g) for act, g in zip(model.acts, grads)]
 
 
 def relax(model: EnergyNet, x: Tensor, s: States, steps: int, y: Tensor | None = None,
           beta: float | Tensor = 0.0, explicit: bool = True) -> States:
-    """Run `steps` synchronous steps of the dynamics from states `s` with x clamped."""
+    """Run `steps` synchronous steps of the dynamics from states `s` with x clamped.
+
+    beta nudges the output towards the labels y (a number, or one value per sample).
+    """
+    target = None if y is None else model.one_hot(y, x)
     if explicit:
         drive = model.input_drive(x)
         for _ in range(steps):
-            s = model.step(drive, s, y, beta)
+            s = model.step(drive, s, target, beta)
     else:
         for _ in range(steps):
-            s = autograd_step(model, x, s, y, beta)
+            s = autograd_step(model, x, s, target, beta)
     return s
 
 

@@ -26,11 +26,24 @@ class Phases:
 
 
 def energy_gradients(model: EnergyNet, x: Tensor, y: Tensor, s_a: States, beta_a: float,
-                     s_b: States, beta_b: float) -> None:
-    """.grad <- -(dPhi/dtheta(s_b, beta_b) - dPhi/dtheta(s_a, beta_a)) / (beta_b - beta_a)."""
+                     s_b: States, beta_b: float, explicit: bool = True) -> None:
+    """.grad <- -(dPhi/dtheta(s_b, beta_b) - dPhi/dtheta(s_a, beta_a)) / (beta_b - beta_a).
+
+    Batch mean; explicit local products, or autograd of Phi (the reference).
+    """
+    target = model.one_hot(y, x)
+    if explicit:
+        with torch.no_grad():
+            scale = 1.0 / ((beta_b - beta_a) * x.shape[0])
+            grads_a = model.param_grads(x, s_a, target, beta_a)
+            grads_b = model.param_grads(x, s_b, target, beta_b)
+            for p, a, b in zip(model.parameters(), grads_a, grads_b, strict=True):
+                p.grad = (a - b).mul_(scale)
+        return
     model.zero_grad()
     with torch.enable_grad():
-        delta = model.phi(x, s_b, y, beta_b).mean() - model.phi(x, s_a, y, beta_a).mean()
+        delta = (model.phi(x, s_b, target, beta_b).mean()
+                 - model.phi(x, s_a, target, beta_a).mean())
         (delta / (beta_a - beta_b)).backward()
 
 
@@ -43,9 +56,9 @@ def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float
         if ph.thirdphase:
             s_neg = relax(model, x, s_free, ph.T2, y, -beta, ph.explicit)
     if ph.thirdphase:
-        energy_gradients(model, x, y, s_neg, -beta, s_pos, beta)
+        energy_gradients(model, x, y, s_neg, -beta, s_pos, beta, ph.explicit)
     else:
-        energy_gradients(model, x, y, s_free, ph.beta1, s_pos, beta)
+        energy_gradients(model, x, y, s_free, ph.beta1, s_pos, beta, ph.explicit)
     return s_free
 
 
@@ -56,7 +69,7 @@ def bptt_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases) -> States
     with torch.enable_grad():
         s = relax(model, x, s, ph.T2, explicit=ph.explicit)
         model.zero_grad()
-        model.loss(s, y).mean().backward()
+        model.loss(s, model.one_hot(y, x)).mean().backward()
     return [t.detach() for t in s]
 
 
@@ -65,5 +78,5 @@ def bp_gradients(model: EnergyNet, x: Tensor, y: Tensor) -> States:
     with torch.enable_grad():
         s = model.feedforward(x)
         model.zero_grad()
-        model.loss(s, y).mean().backward()
+        model.loss(s, model.one_hot(y, x)).mean().backward()
     return [t.detach() for t in s]

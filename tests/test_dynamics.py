@@ -23,10 +23,10 @@ def random_states(model, n):
 
 
 def assert_steps_match(model, x, y):
-    s = random_states(model, x.shape[0])
+    s, target = random_states(model, x.shape[0]), model.one_hot(y, x)
     for beta in (0.0, 0.7, torch.tensor([0.3, -0.2, 0.5, 1.0])):
-        explicit = model.step(model.input_drive(x), s, y, beta)
-        reference = autograd_step(model, x, s, y, beta)
+        explicit = model.step(model.input_drive(x), s, target, beta)
+        reference = autograd_step(model, x, s, target, beta)
         for e, r in zip(explicit, reference, strict=True):
             assert (e - r).norm() <= 1e-10 * r.norm()
 
@@ -105,3 +105,40 @@ def test_bp_baseline_trains_every_layer():
     model = build_cnn((1, 8, 8), [3], [3], [1], [1], "m", [6, 10], "mysig", "cel", True)
     bp_gradients(model, torch.rand(5, 1, 8, 8), torch.randint(0, 10, (5,)))
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def cnn_with_random_weights(loss, softmax, pools):
+    model = build_cnn((3, 11, 11), [4, 5], [3, 2], [1, 2], [1, 0], pools, [7, 10], "tanh",
+                      loss, softmax)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    return model
+
+
+@pytest.mark.parametrize("loss,softmax", HEADS)
+@pytest.mark.parametrize("pools", [None, "mm", "aa", "ii", "ma"])
+def test_param_grads_are_autograd_of_phi(loss, softmax, pools):
+    if pools is None:
+        model, x = build_mlp([20, 15, 12, 10], "tanh", loss, softmax), torch.randn(4, 20)
+    else:
+        model, x = cnn_with_random_weights(loss, softmax, pools), torch.randn(4, 3, 11, 11)
+    s = random_states(model, 4)
+    target = model.one_hot(torch.randint(0, 10, (4,)), x)
+    for beta in (0.0, 0.6):
+        explicit = model.param_grads(x, s, target, beta)
+        reference = torch.autograd.grad(model.phi(x, s, target, beta).sum(),
+                                        list(model.parameters()), allow_unused=True)
+        for (name, _), e, r in zip(model.named_parameters(), explicit, reference, strict=True):
+            r = torch.zeros_like(e) if r is None else r
+            assert (e - r).norm() <= 1e-10 * max(r.norm(), 1e-30), name
+
+
+def test_explicit_and_autograd_ep_updates_agree():
+    model = cnn_with_random_weights("cel", True, "ma")
+    x, y = torch.randn(4, 3, 11, 11), torch.randint(0, 10, (4,))
+    grads = []
+    for explicit in (True, False):
+        ep_gradients(model, x, y, Phases(5, 3, 0.0, 0.5, thirdphase=True, explicit=explicit))
+        grads.append(flat_grads(model))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)

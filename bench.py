@@ -1,0 +1,128 @@
+"""Time one EP training batch with the explicit dynamics against the autograd-of-Phi dynamics.
+
+    python bench.py                      # both published MNIST lines, prints a markdown table
+    python bench.py --write BENCHMARKS.md --repeats 7
+
+Both dynamics run in the same process on the same weights and batch (ratios, not absolute
+times, are what compare across machines); the free states of the two must agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import shlex
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import config
+import main
+from data_utils import load_task
+from dynamics import free_phase
+from trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent
+LINES = {"MNIST MLP (784-512-10, T1 30, T2 10, mbs 50)": "train_mnist_mlp.sh",
+         "MNIST CNN (32-64, T1 200, T2 10, mbs 100)": "train_mnist_cnn.sh"}
+
+
+def published_args(script: str, extra: list[str]):
+    """The check/ script's command line, on the offline digits."""
+    line = next(ln for ln in (ROOT / "check" / script).read_text().splitlines()
+                if ln.startswith("python"))
+    argv = [w for w in shlex.split(line)[2:] if w != "$@"] + ["--task", "MNIST5K"] + extra
+    args, typed = main.parse(argv)
+    config.validate(args, typed)
+    return args
+
+
+def trainer_for(args, dynamics: str, data, device) -> Trainer:
+    args = copy.copy(args)
+    args.dynamics = dynamics
+    torch.manual_seed(0)
+    return Trainer(config.build_model(args).to(device), *data, args, None)
+
+
+def time_batch(trainer: Trainer, x, y) -> float:
+    """Seconds of one training batch: phases, gradients, optimizer step."""
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    trainer.train_batch(x, y)
+    trainer.optimizer.step()
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def run(repeats: int, device: torch.device) -> list[dict]:
+    data = load_task("MNIST5K", "", device)
+    rows = []
+    for name, script in LINES.items():
+        args = published_args(script, ["--device", "0"])
+        x, y = data[0].x[:args.mbs], data[0].y[:args.mbs]
+        trainers = {d: trainer_for(args, d, data, device) for d in ("autograd", "explicit")}
+        with torch.no_grad():  # same weights, same batch: the free states must agree
+            s_auto, s_expl = (free_phase(trainers[d].model, x, args.T1, d == "explicit")
+                              for d in ("autograd", "explicit"))
+        diff = max((a - b).abs().max().item() for a, b in zip(s_auto, s_expl, strict=True))
+        # alternating blocks of ~0.5 s: warm caches as in a run, drift spread over both paths
+        block = max(1, round(0.5 / time_batch(trainers["explicit"], x, y)))
+        times = {d: [] for d in trainers}
+        for _ in range(repeats):
+            for d, trainer in trainers.items():
+                time_batch(trainer, x, y)  # re-warm this path's caches
+                times[d] += [time_batch(trainer, x, y) for _ in range(block)]
+        n = block * repeats
+        t_auto, t_expl = (statistics.median(times[d]) for d in ("autograd", "explicit"))
+        rows.append({"line": name, "autograd_ms": 1e3 * t_auto, "explicit_ms": 1e3 * t_expl,
+                     "speedup": t_auto / t_expl, "max_state_diff": diff, "batches": n})
+    return rows
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| line | autograd-of-Phi (ms/batch) | explicit (ms/batch) | speed-up | "
+             "max free-state difference | batches timed |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['line']} | {r['autograd_ms']:.1f} | {r['explicit_ms']:.1f} | "
+              f"{r['speedup']:.2f}x | {r['max_state_diff']:.1e} | {r['batches']} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed blocks per path (a block is ~0.5 s of batches, at least one)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    p.add_argument("--write", default=None, help="append the results to this markdown file")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    rows = run(a.repeats, device)
+    report = (f"### {time.strftime('%Y-%m-%d')}: {machine(device)}, torch {torch.__version__}\n\n"
+              f"`python bench.py --repeats {a.repeats} --device {a.device}`\n\n{table(rows)}\n")
+    print(report)
+    if a.write:
+        with open(a.write, "a") as f:
+            f.write("\n" + report)
+
+
+if __name__ == "__main__":
+    cli()
