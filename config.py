@@ -23,8 +23,10 @@ CONV_FLAGS = ("channels",) + CONV_LISTS + ("fc",)
 ATTACK_FLAGS = ("eps", "image_print", "attack_step", "predict_step", "train_attack_step",
                 "attack_norm")
 LCA_FLAGS = ("n_feats", "lca_lambda", "tau", "eta", "lca_stride", "lca_iters", "dict_loss")
-# what a saved run fixes: typed values of these are ignored when loading it
-ARCH_KEYS = ("model", "task", "archi", "scale") + CONV_FLAGS + ("act", "loss", "softmax")
+# what a saved run fixes (its architecture, and the optimizer its checkpoint holds): typed
+# values of these are ignored when loading it; the others (T1, betas, mbs, ...) may change
+SAVED_KEYS = (("model", "task", "archi", "scale") + CONV_FLAGS + ("act", "loss", "softmax")
+              + ("alg", "optim", "lrs", "wds", "mmt", "lr_decay", "seed"))
 CONV_FILL = {"kernels": 5, "strides": 1, "paddings": 0, "pools": "m"}
 
 
@@ -39,12 +41,12 @@ def one_of(dest: str, value: str, choices) -> None:
 
 
 def merge_saved(args: Namespace, typed: set[str], saved: dict) -> Namespace:
-    """A saved run's arguments, overridden by flags typed now except its architecture."""
+    """A saved run's arguments, overridden by flags typed now except those it fixes."""
     merged = dict(vars(args))
     for key, value in saved.items():
         if key not in merged:
             continue
-        if key in typed and key not in ARCH_KEYS:
+        if key in typed and key not in SAVED_KEYS:
             continue
         if key in typed and merged[key] != value:
             print(f"notice: {flag(key)} ignored: the saved run's value {value!r} is used")
