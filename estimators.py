@@ -52,9 +52,15 @@ def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float
     beta = sign * ph.beta2
     with torch.no_grad():
         s_free = relax(model, x, model.init_states(x), ph.T1, y, ph.beta1, ph.explicit)
-        s_pos = relax(model, x, s_free, ph.T2, y, beta, ph.explicit)
-        if ph.thirdphase:
-            s_neg = relax(model, x, s_free, ph.T2, y, -beta, ph.explicit)
+        if ph.thirdphase:  # both nudged phases as one batch of 2B with beta = +beta2, -beta2
+            n = x.shape[0]
+            betas = torch.full((2 * n,), beta, dtype=x.dtype, device=x.device)
+            betas[n:] = -beta
+            both = relax(model, torch.cat([x, x]), [torch.cat([t, t]) for t in s_free], ph.T2,
+                         torch.cat([y, y]), betas, ph.explicit)
+            s_pos, s_neg = [t[:n] for t in both], [t[n:] for t in both]
+        else:
+            s_pos = relax(model, x, s_free, ph.T2, y, beta, ph.explicit)
     if ph.thirdphase:
         energy_gradients(model, x, y, s_neg, -beta, s_pos, beta, ph.explicit)
     else:

@@ -15,7 +15,7 @@ import torch
 import config
 from data_utils import load_task
 from errors import Diverged, UsageError
-from model_utils import describe
+from model_utils import count_parameters, describe
 from results import (BEST_MODEL, HYPERPARAMETERS, append_text, atomic_write_text, find_checkpoint,
                      load_checked, new_run_dir)
 from trainer import Trainer, evaluate
@@ -166,7 +166,7 @@ def run_train(model, train, test, args, ckpt, argv) -> int:
         append_text(run_dir / HYPERPARAMETERS, f"\nresumed after epoch {trainer.epoch}: "
                     f"python main.py {shlex.join(argv)}\n")
     print(f"{args.alg} training of {args.model} on {args.task} ({len(train)} train / "
-          f"{len(test)} test), {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"{len(test)} test), {count_parameters(model):,} parameters, "
           f"device {train.x.device}" + (f", results in {run_dir}" if run_dir else
                                         " (no --save: nothing written)"))
     if trainer.fit(args.epochs):

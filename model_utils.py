@@ -137,7 +137,7 @@ class EnergyNet(nn.Module):
             self.acts[-1] = identity
         with torch.no_grad():
             h, shapes = torch.zeros(1, *input_shape), []
-            for syn in self.synapses[: self.n_states]:
+            for syn in self.energy_synapses:
                 h = syn.up(h)[0]
                 shapes.append(h.shape[1:])
         self.state_shapes = shapes
