@@ -24,14 +24,16 @@ def autograd_step(model: EnergyNet, x: Tensor, s: States, target: Tensor | None 
 
 
 def relax(model: EnergyNet, x: Tensor, s: States, steps: int, y: Tensor | None = None,
-          beta: float | Tensor = 0.0, explicit: bool = True) -> States:
+          beta: float | Tensor = 0.0, explicit: bool = True,
+          drive: Tensor | None = None) -> States:
     """Run `steps` synchronous steps of the dynamics from states `s` with x clamped.
 
-    beta nudges the output towards the labels y (a number, or one value per sample).
+    beta nudges the output towards the labels y (a number, or one value per sample);
+    `drive` is model.input_drive(x) when the caller already has it.
     """
     target = None if y is None else model.one_hot(y, x)
     if explicit:
-        drive = model.input_drive(x)
+        drive = model.input_drive(x) if drive is None else drive
         for _ in range(steps):
             s = model.step(drive, s, target, beta)
     else:

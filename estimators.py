@@ -51,16 +51,17 @@ def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float
     """EP: free phase to s*, nudged phase(s) from s*, then the energy-difference gradient."""
     beta = sign * ph.beta2
     with torch.no_grad():
-        s_free = relax(model, x, model.init_states(x), ph.T1, y, ph.beta1, ph.explicit)
+        drive = model.input_drive(x)  # once per batch: x is clamped in every phase
+        s_free = relax(model, x, model.init_states(x), ph.T1, y, ph.beta1, ph.explicit, drive)
         if ph.thirdphase:  # both nudged phases as one batch of 2B with beta = +beta2, -beta2
             n = x.shape[0]
             betas = torch.full((2 * n,), beta, dtype=x.dtype, device=x.device)
             betas[n:] = -beta
             both = relax(model, torch.cat([x, x]), [torch.cat([t, t]) for t in s_free], ph.T2,
-                         torch.cat([y, y]), betas, ph.explicit)
+                         torch.cat([y, y]), betas, ph.explicit, torch.cat([drive, drive]))
             s_pos, s_neg = [t[:n] for t in both], [t[n:] for t in both]
         else:
-            s_pos = relax(model, x, s_free, ph.T2, y, beta, ph.explicit)
+            s_pos = relax(model, x, s_free, ph.T2, y, beta, ph.explicit, drive)
     if ph.thirdphase:
         energy_gradients(model, x, y, s_neg, -beta, s_pos, beta, ph.explicit)
     else:
@@ -72,7 +73,7 @@ def bptt_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases) -> States
     """BPTT: T1-T2 steps without a graph, T2 steps with one, loss at the last state, backward."""
     with torch.no_grad():
         s = relax(model, x, model.init_states(x), ph.T1 - ph.T2, explicit=ph.explicit)
-    with torch.enable_grad():
+    with torch.enable_grad():  # the drive is recomputed here: its graph reaches W_0
         s = relax(model, x, s, ph.T2, explicit=ph.explicit)
         model.zero_grad()
         model.loss(s, model.one_hot(y, x)).mean().backward()

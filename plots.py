@@ -39,4 +39,5 @@ def plot_activity(states: list[Tensor], path: Path) -> None:
     for k, (ax, s) in enumerate(zip(axes[0], states)):
         ax.hist(s.detach().float().flatten().cpu().numpy(), bins=50)
         ax.set_title(f"layer {k + 1}")
+        ax.set_xlabel("activation")
     save_figure(fig, path)
