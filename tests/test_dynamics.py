@@ -142,3 +142,25 @@ def test_explicit_and_autograd_ep_updates_agree():
         ep_gradients(model, x, y, Phases(5, 3, 0.0, 0.5, thirdphase=True, explicit=explicit))
         grads.append(flat_grads(model))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss,softmax", HEADS)
+def test_bptt_through_explicit_steps_equals_bptt_through_autograd(loss, softmax):
+    model = cnn_with_random_weights(loss, softmax, "ma")
+    x, y = torch.randn(4, 3, 11, 11), torch.randint(0, 10, (4,))
+    grads = []
+    for explicit in (True, False):
+        bptt_gradients(model, x, y, Phases(6, 4, explicit=explicit))
+        grads.append(flat_grads(model))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
+def test_scale_multiplies_the_default_init():
+    from model_utils import scale_init
+    torch.manual_seed(1)
+    reference = build_mlp([6, 5, 3], "tanh", "mse", False)
+    torch.manual_seed(1)
+    scaled = build_mlp([6, 5, 3], "tanh", "mse", False)
+    scale_init(scaled, 0.25)
+    for a, b in zip(reference.parameters(), scaled.parameters(), strict=True):
+        torch.testing.assert_close(0.25 * a, b, rtol=0, atol=0)

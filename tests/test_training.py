@@ -75,7 +75,8 @@ def test_bptt_and_bp_train_and_evaluate(tmp_path, capsys, alg):
 
 def test_results_folder_layout(tmp_path):
     argv = ["--model", "CNN", "--channels", "4", "--kernels", "5", "--pools", "m", "--fc", "10",
-            "--T1", "4", "--T2", "2", "--mbs", "500", "--lrs", "0.02", "0.02", "--act",
+            "--T1", "4", "--T2", "2", "--mbs", "500", "--lrs", "0.02", "0.02", "--wds", "1e-4",
+            "3e-4", "--act",
             "my_hard_sig", "--loss", "cel", "--thirdphase", "--lr-decay", "--epochs", "1",
             "--save", "--results-dir", tmp_path]
     assert cli(argv)[0] == 0
@@ -89,6 +90,11 @@ def test_results_folder_layout(tmp_path):
                                              "seconds"]
     ckpt = torch.load(run / "checkpoint.tar", weights_only=True)
     assert ckpt["args"]["channels"] == [4] and ckpt["scheduler"]["last_epoch"] == 1
+    # --lr-decay: cosine annealing, T_max 100, floor 1e-5, applied to every layer's group
+    after_one = 1e-5 + (0.02 - 1e-5) * (1 + math.cos(math.pi / 100)) / 2
+    groups = ckpt["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([after_one, after_one], rel=1e-12)
+    assert [g["weight_decay"] for g in groups] == [1e-4, 3e-4]
     assert "--thirdphase" in (run / "hyperparameters.txt").read_text().splitlines()[0]
 
 
