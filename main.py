@@ -205,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     except Diverged as e:
         print(f"main.py: error: {e} (the last good checkpoint is kept)", file=sys.stderr)
         return 1
+    except OSError as e:  # disk full, permissions: files already written stay as they were
+        print(f"main.py: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("main.py: aborted (checkpoints already written are kept)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

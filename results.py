@@ -31,6 +31,9 @@ def new_run_dir(root: str, alg: str, loss: str, now: datetime | None = None) -> 
         except FileExistsError:
             n += 1
             path = base.with_name(f"{base.name}-{n}")
+        except OSError as e:
+            raise UsageError(f"--results-dir {root}: cannot create {path} ({e.strerror}); "
+                             "give a writable folder") from None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

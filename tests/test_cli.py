@@ -68,6 +68,13 @@ def test_bad_load_paths(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_unwritable_results_dir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    rc, _, err = cli(TINY_MLP + ["--save", "--results-dir", blocker], capsys)
+    assert rc == 2 and "--results-dir" in err and len(err.strip().splitlines()) == 1
+
+
 def test_saved_architecture_wins_on_resume(tmp_path, capsys):
     assert cli(TINY_MLP + ["--epochs", "1", "--save", "--results-dir", tmp_path])[0] == 0
     run = next(p for p in tmp_path.glob("*/*/*/*"))
