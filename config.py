@@ -57,15 +57,16 @@ def merge_saved(args: Namespace, typed: set[str], saved: dict) -> Namespace:
 def fill_defaults(args: Namespace) -> None:
     """Architecture lists left out take their documented defaults (one entry per layer)."""
     (c, h, w), classes, _ = TASKS[args.task]
-    defaults = {"archi": [c * h * w, 512, classes], "channels": [32, 64], "fc": [classes]}
+    if MODELS[args.model] == "mlp":
+        defaults = {"archi": [c * h * w, 512, classes]}
+    else:
+        n = len(args.channels or [32, 64])
+        defaults = {"channels": [32, 64], "fc": [classes]}
+        defaults.update({k: fill * n if k == "pools" else [fill] * n
+                         for k, fill in CONV_FILL.items()})
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if MODELS.get(args.model) == "cnn":
-        n = len(args.channels)
-        for key, fill in CONV_FILL.items():
-            if getattr(args, key) is None:
-                setattr(args, key, fill * n if key == "pools" else [fill] * n)
 
 
 def check_available(args: Namespace, typed: set[str]) -> None:
@@ -110,7 +111,7 @@ def validate(args: Namespace, typed: set[str]) -> None:
     check_steps(args)
     fill_defaults(args)
     n_layers = check_architecture(args)
-    for dest, fill in (("lrs", 0.01), ("wds", 0.0)):
+    for dest, fill in (("lrs", 5e-4), ("wds", 0.0)):
         values = getattr(args, dest)
         if values is None:
             setattr(args, dest, [fill] * n_layers)
