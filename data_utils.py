@@ -105,9 +105,10 @@ def augment(x: Tensor, gen: torch.Generator) -> Tensor:
 
 def batches(data: Split, mbs: int, perm: Tensor, start: int = 0, aug: bool = False,
             gen: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """Mini-batches in the order `perm`, from batch index `start` (for a resumed epoch)."""
-    for b in range(start, num_batches(len(data), mbs)):
-        idx = perm[b * mbs:(b + 1) * mbs]
+    """Mini-batches in the order `perm`, from sample `start` on (a resumed epoch; a changed
+    batch size then still sees every sample once)."""
+    for i in range(start, len(data), mbs):
+        idx = perm[i:i + mbs]
         x = data.x[idx]
         yield (augment(x, gen) if aug else x), data.y[idx]
 

@@ -74,11 +74,10 @@ def evaluate(model: EnergyNet, data: Split, alg: str, T1: int, explicit: bool = 
 
 @dataclass
 class Cursor:
-    """Where an interrupted epoch stands: its batch order, next batch and running sums."""
+    """Where an interrupted epoch stands: its sample order, samples done and running sums."""
     perm: Tensor
-    next_batch: int = 0
-    correct: float = 0.0
     seen: int = 0
+    correct: float = 0.0
     loss_sum: float = 0.0
     seconds: float = 0.0
 
@@ -154,12 +153,13 @@ class Trainer:
         cur = self.cursor
         params = list(self.model.parameters())
         start_time = time.time() - cur.seconds
-        bar = tqdm(total=num_batches(n, self.args.mbs), initial=cur.next_batch, unit="batch",
+        done = cur.seen // self.args.mbs
+        bar = tqdm(total=num_batches(n, self.args.mbs), initial=done, unit="batch",
                    desc=f"epoch {self.epoch + 1}/{total_epochs}", dynamic_ncols=True, leave=False,
                    mininterval=0.5 if sys.stderr.isatty() else 30)
-        stream = batches(self.train, self.args.mbs, cur.perm, cur.next_batch, self.args.data_aug,
+        stream = batches(self.train, self.args.mbs, cur.perm, cur.seen, self.args.data_aug,
                          self.gen)
-        for b, (x, y) in enumerate(stream, cur.next_batch):
+        for b, (x, y) in enumerate(stream, done):
             s = self.train_batch(x, y)
             with torch.no_grad():
                 grad_sum = torch.stack([p.grad.sum() for p in params]).sum()
@@ -171,7 +171,7 @@ class Trainer:
                 raise Diverged(f"NaN or inf in the states or gradients at epoch {self.epoch + 1}, "
                                f"batch {b + 1}: lower --lrs or --betas")
             self.optimizer.step()
-            cur.next_batch, cur.seen = b + 1, cur.seen + len(y)
+            cur.seen += len(y)
             cur.correct += stats[0]
             cur.loss_sum += stats[1]
             cur.seconds = time.time() - start_time

@@ -96,5 +96,7 @@ def test_batches_cover_the_split_once_from_any_start():
     perm = torch.randperm(10)
     seen = torch.cat([y for _, y in batches(data, 3, perm)])
     assert torch.equal(seen, perm) and num_batches(10, 3) == 4
-    rest = torch.cat([y for _, y in batches(data, 3, perm, start=2)])
+    rest = torch.cat([y for _, y in batches(data, 3, perm, start=6)])
     assert torch.equal(rest, perm[6:])
+    resized = [y for _, y in batches(data, 4, perm, start=6)]  # --mbs changed on resume
+    assert torch.equal(torch.cat(resized), perm[6:]) and len(resized) == 1

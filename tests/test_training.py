@@ -42,7 +42,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch(tmp_path, capsys, monk
     assert rc == 130
     assert f"--load-path {b} --epochs 1" in out
     ckpt = torch.load(b / "checkpoint.tar", weights_only=True)
-    assert ckpt["epoch"] == 1 and ckpt["cursor"]["next_batch"] == 7
+    assert ckpt["epoch"] == 1 and ckpt["cursor"]["seen"] == 7 * 200
     assert cli(["--todo", "train", "--load-path", b, "--epochs", "1"])[0] == 0
     a = only_run_dir(tmp_path / "a")
     assert_same_weights(weights(a / "final_model.pt"), weights(b / "final_model.pt"))
