@@ -59,13 +59,11 @@ def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float
             betas[n:] = -beta
             both = relax(model, torch.cat([x, x]), [torch.cat([t, t]) for t in s_free], ph.T2,
                          torch.cat([y, y]), betas, ph.explicit, torch.cat([drive, drive]))
-            s_pos, s_neg = [t[:n] for t in both], [t[n:] for t in both]
+            s_nudged, s_ref, beta_ref = [t[:n] for t in both], [t[n:] for t in both], -beta
         else:
-            s_pos = relax(model, x, s_free, ph.T2, y, beta, ph.explicit, drive)
-    if ph.thirdphase:
-        energy_gradients(model, x, y, s_neg, -beta, s_pos, beta, ph.explicit)
-    else:
-        energy_gradients(model, x, y, s_free, ph.beta1, s_pos, beta, ph.explicit)
+            s_nudged = relax(model, x, s_free, ph.T2, y, beta, ph.explicit, drive)
+            s_ref, beta_ref = s_free, ph.beta1
+    energy_gradients(model, x, y, s_ref, beta_ref, s_nudged, beta, ph.explicit)
     return s_free
 
 
