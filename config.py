@@ -13,10 +13,10 @@ from errors import UsageError
 from model_utils import (ACTIVATIONS, POOLS, EnergyNet, build_cnn, build_mlp, conv_output_size,
                          scale_init)
 
-MODELS = {"MLP": "mlp", "CNN": "cnn"}
-LATER_MODELS = {"VFMLP", "VFCNN", "LCACNN", "EPLCACNN"}
-TODOS = {"train", "evaluate"}
-LATER_TODOS = {"gducheck", "attack", "advtrain"}
+MODELS = {"MLP": "mlp", "CNN": "cnn", "VFMLP": "mlp", "VFCNN": "cnn"}
+LATER_MODELS = {"LCACNN", "EPLCACNN"}
+TODOS = {"train", "evaluate", "gducheck"}
+LATER_TODOS = {"attack", "advtrain"}
 ALGS, LOSSES, OPTIMS = ("EP", "BPTT", "BP"), ("mse", "cel"), ("sgd", "adam")
 CONV_LISTS = ("kernels", "strides", "paddings", "pools")
 CONV_FLAGS = ("channels",) + CONV_LISTS + ("fc",)
@@ -73,13 +73,12 @@ def check_available(args: Namespace, typed: set[str]) -> None:
     """Models, todos and flags that later versions add end here, before anything is loaded."""
     if args.model in LATER_MODELS:
         raise UsageError(f"--model {args.model} is not available yet in this version; "
-                         "use MLP or CNN")
+                         f"use one of {', '.join(MODELS)}")
     if args.todo in LATER_TODOS:
         raise UsageError(f"--todo {args.todo} is not available yet in this version; "
-                         "use train or evaluate")
-    for later in ("check_thm", "same_update", "dropouts"):
-        if later in typed:
-            raise UsageError(f"{flag(later)} is not available yet in this version; remove it")
+                         f"use one of {', '.join(sorted(TODOS))}")
+    if "dropouts" in typed:
+        raise UsageError("--dropouts is not available yet in this version; remove it")
 
 
 def validate(args: Namespace, typed: set[str]) -> None:
@@ -102,12 +101,13 @@ def validate(args: Namespace, typed: set[str]) -> None:
     for dest in (CONV_FLAGS if not is_cnn else ("archi",)):
         if dest in typed:
             raise UsageError(f"{flag(dest)} does not apply to --model {args.model}; remove it")
-    if args.alg != "EP":
+    if args.alg != "EP" and args.todo == "train":  # evaluate and gducheck ignore --alg
         for dest in ("thirdphase", "random_sign"):
             if getattr(args, dest):
                 raise UsageError(f"{flag(dest)} only applies with --alg EP (not {args.alg})")
     if args.softmax and args.loss != "cel":
         raise UsageError("--softmax needs --loss cel: the read-out is trained with cross-entropy")
+    check_vf_and_gdu(args, typed)
     check_steps(args)
     fill_defaults(args)
     n_layers = check_architecture(args)
@@ -120,16 +120,39 @@ def validate(args: Namespace, typed: set[str]) -> None:
                              f"{n_layers} layers of weights; give one per layer")
 
 
+def is_vf(args: Namespace) -> bool:
+    return args.model.startswith("VF")
+
+
+def check_vf_and_gdu(args: Namespace, typed: set[str]) -> None:
+    """Flags of the VF models and of the GDU check that only make sense together."""
+    if args.same_update and not (is_vf(args) and (args.alg == "EP" or args.todo != "train")):
+        raise UsageError("--same-update only applies to --model VFMLP or VFCNN with --alg EP; "
+                         "remove it")
+    if is_vf(args) and args.alg == "BP":
+        raise UsageError(f"--alg BP: a feed-forward pass never uses the feedback weights of "
+                         f"--model {args.model}; use --alg EP or BPTT")
+    wrong_todo = args.todo != "train" and "check_thm" in typed  # a saved run's is ignored
+    if args.check_thm and (wrong_todo or args.todo == "train" and args.alg != "EP"):
+        raise UsageError("--check-thm checks EP while it trains: use it with --todo train "
+                         "--alg EP, or run --todo gducheck")
+    if (args.check_thm or args.todo == "gducheck") and args.betas[0] != 0:
+        raise UsageError(f"--betas {args.betas[0]:g} {args.betas[1]:g}: the GDU check starts "
+                         f"from the free fixed point; give --betas 0 {args.betas[1]:g}")
+
+
 def check_steps(args: Namespace) -> None:
     for dest in ("T1", "mbs", "epochs"):
         if getattr(args, dest) < 1:
             raise UsageError(f"{flag(dest)} must be at least 1 (got {getattr(args, dest)})")
     if args.T2 < 0:
         raise UsageError(f"--T2 must be at least 0 (got {args.T2})")
-    if args.alg == "BPTT" and args.T2 > args.T1:
+    if (args.alg == "BPTT" or args.todo == "gducheck") and args.T2 > args.T1:
         raise UsageError(f"--T2 {args.T2} > --T1 {args.T1}: BPTT back-propagates through the last "
                          "T2 of the T1 free steps; make T2 <= T1")
-    if args.alg == "EP" and args.betas[0] == args.betas[1]:
+    if args.todo == "gducheck" and args.T2 < 1:
+        raise UsageError("--T2 0: the GDU check compares the T2 nudged steps; give --T2 >= 1")
+    if (args.alg == "EP" or args.todo == "gducheck") and args.betas[0] == args.betas[1]:
         raise UsageError("--betas: beta1 and beta2 must differ (EP divides by beta2 - beta1)")
 
 
@@ -175,10 +198,10 @@ def check_architecture(args: Namespace) -> int:
 def build_model(args: Namespace) -> EnergyNet:
     shape = TASKS[args.task][0]
     if MODELS[args.model] == "mlp":
-        model = build_mlp(args.archi, args.act, args.loss, args.softmax)
+        model = build_mlp(args.archi, args.act, args.loss, args.softmax, is_vf(args))
     else:
         model = build_cnn(shape, args.channels, args.kernels, args.strides, args.paddings,
-                          args.pools, args.fc, args.act, args.loss, args.softmax)
+                          args.pools, args.fc, args.act, args.loss, args.softmax, is_vf(args))
     if args.scale is not None:
         scale_init(model, args.scale)
     return model

@@ -14,12 +14,20 @@ from model_utils import EnergyNet, States
 
 def autograd_step(model: EnergyNet, x: Tensor, s: States, target: Tensor | None = None,
                   beta: float | Tensor = 0.0) -> States:
-    """Reference step s_k <- act(dPhi/ds_k) by autograd; keeps the graph when grad mode is on."""
+    """Reference step s_k <- act(dPhi/ds_k) by autograd; keeps the graph when grad mode is on.
+
+    A VF model differentiates Phi(post=s, pre=s) in `post` only (the other layers held
+    fixed); `post` are fresh graph nodes on top of s so BPTT still flows through both.
+    """
     keep_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         leaves = [t if t.requires_grad else t.detach().requires_grad_() for t in s]
-        grads = torch.autograd.grad(model.phi(x, leaves, target, beta).sum(), leaves,
-                                    create_graph=keep_graph)
+        if model.has_feedback:
+            post = [t.view_as(t) for t in leaves]
+            phi = model.phi(x, post, target, beta, pre=leaves)
+        else:
+            post, phi = leaves, model.phi(x, leaves, target, beta)
+        grads = torch.autograd.grad(phi.sum(), post, create_graph=keep_graph)
     return [act(g) for act, g in zip(model.acts, grads)]
 
 

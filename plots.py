@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from results import atomic_write_bytes  # noqa: E402
@@ -40,4 +41,73 @@ def plot_activity(states: list[Tensor], path: Path) -> None:
         ax.hist(s.detach().float().flatten().cpu().numpy(), bins=50)
         ax.set_title(f"layer {k + 1}")
         ax.set_xlabel("activation")
+    save_figure(fig, path)
+
+
+def plot_angles(history: dict[str, list], path: Path) -> None:
+    """angles.png: angle between each feedback weight B and its W per epoch (VF models)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in (k for k in history if k.startswith("angle_")):
+        ax.plot(history["epoch"], history[key], "o-", label=f"layer {key[6:]}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("angle(B, W) (degrees)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def plot_gdu_curves(result: dict, path: Path, units: int = 3, seed: int = 0) -> None:
+    """gdu_curves.png: cumulative sums over the nudged steps for a few units of every tensor:
+    BPTT solid, one-sided EP dashed, symmetric EP dotted."""
+    bptt = result["bptt"]
+    names = list(bptt)
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    gen = torch.Generator().manual_seed(seed)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, name in zip(axes.flat, names):
+        flat = {k: result[k][name].flatten(1).cpu() for k in ("bptt", "one_sided", "symmetric")
+                if k in result}
+        moving = (flat["bptt"] != 0).any(0).nonzero().flatten()  # skip units nothing reaches
+        picks = moving[torch.randperm(len(moving), generator=gen)[:units]]
+        for color, i in zip(colors, picks.tolist()):
+            for key, style in (("bptt", "-"), ("one_sided", "--"), ("symmetric", ":")):
+                if key in flat:
+                    curve = torch.cat([torch.zeros(1), flat[key][:, i].cumsum(0).float()])
+                    ax.plot(curve.numpy(), style, color=color, lw=1.5)
+        ax.set_title(name)
+        ax.set_xlabel("nudged step t")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    styles = [("-", "BPTT"), ("--", "EP one-sided")] + ([(":", "EP symmetric")]
+                                                          if "symmetric" in result else [])
+    fig.legend([plt.Line2D([], [], color="k", ls=ls) for ls, _ in styles],
+               [label for _, label in styles], loc="upper center", ncol=len(styles))
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    save_figure(fig, path)
+
+
+def plot_gdu_rmse(metrics: dict[str, dict], path: Path) -> None:
+    """gdu_rmse.png: normalised RMSE per tensor, one-sided and (if run) symmetric side by side,
+    with how many times smaller the symmetric error is above each pair."""
+    names = list(metrics["one_sided"])
+    estimates = [k for k in ("one_sided", "symmetric") if k in metrics]
+    width = 0.8 / len(estimates)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names)), 4))
+    for j, key in enumerate(estimates):
+        values = [metrics[key][n]["rmse"] for n in names]
+        ax.bar([i + j * width for i in range(len(names))], values, width,
+               label=key.replace("_", "-"))
+    if "symmetric" in metrics:
+        for i, n in enumerate(names):
+            one, sym = metrics["one_sided"][n]["rmse"], metrics["symmetric"][n]["rmse"]
+            ax.annotate(f"{one / max(sym, 1e-12):.0f}x", (i + width / 2, max(one, sym)),
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_xticks([i + width * (len(estimates) - 1) / 2 for i in range(len(names))], names)
+    ax.set_yscale("log")
+    ax.set_ylabel("normalised RMSE vs BPTT")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
     save_figure(fig, path)

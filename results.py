@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import tempfile
 from datetime import datetime
@@ -16,6 +17,7 @@ from errors import UsageError
 CHECKPOINT, FINAL_CHECKPOINT = "checkpoint.tar", "final_checkpoint.tar"
 BEST_MODEL, FINAL_MODEL = "model.pt", "final_model.pt"
 METRICS = "metrics.csv"
+GDU_METRICS = "gdu_metrics.json"
 HYPERPARAMETERS = "hyperparameters.txt"
 
 
@@ -96,5 +98,6 @@ def write_metrics(path: Path, history: dict[str, list]) -> None:
     writer = csv.writer(buf)
     keys = list(history)
     writer.writerow(keys)
-    writer.writerows(zip(*(history[k] for k in keys)))
+    # an optional column (--check-thm switched on or off by a resume) is empty where missing
+    writer.writerows(itertools.zip_longest(*(history[k] for k in keys), fillvalue=None))
     atomic_write_text(path, buf.getvalue())

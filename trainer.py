@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from argparse import Namespace
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,12 +23,14 @@ from data_utils import Split, batches, num_batches
 from dynamics import free_phase
 from errors import Diverged
 from estimators import Phases, bp_gradients, bptt_gradients, ep_gradients
+from gdu import gdu_check, mean_rmse
 from model_utils import EnergyNet, States
 from results import (BEST_MODEL, CHECKPOINT, FINAL_CHECKPOINT, FINAL_MODEL, METRICS,
                      atomic_save, write_metrics)
 
 EVAL_MBS = 500
 HISTORY_KEYS = ("epoch", "train_acc", "test_acc", "train_loss", "seconds")
+CHECK_THM_SAMPLES = 5
 
 
 def make_optimizer(model: EnergyNet, args: Namespace) -> torch.optim.Optimizer:
@@ -50,7 +52,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, args: Namespace):
 
 def phases_from(args: Namespace) -> Phases:
     return Phases(args.T1, args.T2, args.betas[0], args.betas[1], args.thirdphase,
-                  args.dynamics == "explicit")
+                  args.dynamics == "explicit", args.same_update)
 
 
 @torch.no_grad()
@@ -80,6 +82,7 @@ class Cursor:
     correct: float = 0.0
     loss_sum: float = 0.0
     seconds: float = 0.0
+    gdu_rmse: list[float] = field(default_factory=list)  # --check-thm results so far
 
 
 class Trainer:
@@ -171,6 +174,8 @@ class Trainer:
                 raise Diverged(f"NaN or inf in the states or gradients at epoch {self.epoch + 1}, "
                                f"batch {b + 1}: lower --lrs or --betas")
             self.optimizer.step()
+            if self.args.check_thm and b % max(1, num_batches(n, self.args.mbs) // 10) == 0:
+                cur.gdu_rmse.append(self.check_theorem(x, y))
             cur.seen += len(y)
             cur.correct += stats[0]
             cur.loss_sum += stats[1]
@@ -184,6 +189,20 @@ class Trainer:
         bar.close()
         return True
 
+    def check_theorem(self, x: Tensor, y: Tensor) -> float:
+        """--check-thm: the GDU check on the batch's first samples; its mean normalised RMSE."""
+        ph, k = self.phases, CHECK_THM_SAMPLES
+        result = gdu_check(self.model, x[:k], y[:k], ph.T1, ph.T2, ph.beta2, False,
+                           ph.same_update)
+        rmse = mean_rmse(result["metrics"]["one_sided"])
+        tqdm.write(f"GDU check ({len(y[:k])} samples): mean normalised RMSE {rmse:.4f}")
+        return rmse
+
+    def log(self, key: str, value: float) -> None:
+        """One value of an optional column for this epoch (empty for epochs without one)."""
+        column = self.history.setdefault(key, [])
+        column += [None] * (len(self.history["epoch"]) - 1 - len(column)) + [round(value, 6)]
+
     def end_epoch(self) -> None:
         """Evaluate, log, plot and checkpoint after a full epoch."""
         cur, args = self.cursor, self.args
@@ -193,6 +212,10 @@ class Trainer:
                cur.seconds)
         for k, v in zip(HISTORY_KEYS, row):
             self.history[k].append(round(v, 6) if isinstance(v, float) else v)
+        if cur.gdu_rmse:
+            self.log("gdu_rmse", sum(cur.gdu_rmse) / len(cur.gdu_rmse))
+        for k, v in self.model.feedback_angles().items():
+            self.log(k, v)
         self.cursor = None
         if self.scheduler:
             self.scheduler.step()
@@ -203,6 +226,8 @@ class Trainer:
         write_metrics(self.run_dir / METRICS, self.history)
         plots.plot_accuracy(self.history, self.run_dir / "train-test_acc.png")
         plots.plot_activity(self.last_free_states, self.run_dir / "neural_activity.png")
+        if self.model.has_feedback:
+            plots.plot_angles(self.history, self.run_dir / "angles.png")
         if test_acc > self.best_acc:
             self.best_acc = test_acc
             self.save_model(BEST_MODEL, test_acc)

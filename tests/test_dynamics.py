@@ -31,22 +31,20 @@ def assert_steps_match(model, x, y):
             assert (e - r).norm() <= 1e-10 * r.norm()
 
 
+@pytest.mark.parametrize("vf", [False, True], ids=["MLP", "VFMLP"])
 @pytest.mark.parametrize("loss,softmax", HEADS)
 @pytest.mark.parametrize("act", sorted(ACTIVATIONS))
-def test_mlp_step_is_autograd_of_phi(loss, softmax, act):
-    model = build_mlp([20, 15, 12, 10], act, loss, softmax)
+def test_mlp_step_is_autograd_of_phi(loss, softmax, act, vf):
+    model = build_mlp([20, 15, 12, 10], act, loss, softmax, vf)
     assert_steps_match(model, torch.randn(4, 20), torch.randint(0, 10, (4,)))
 
 
+@pytest.mark.parametrize("vf", [False, True], ids=["CNN", "VFCNN"])
 @pytest.mark.parametrize("loss,softmax", HEADS)
 @pytest.mark.parametrize("pools", ["mm", "aa", "ii", "ma", "im"])
-def test_cnn_step_is_autograd_of_phi(loss, softmax, pools):
+def test_cnn_step_is_autograd_of_phi(loss, softmax, pools, vf):
     # odd sizes (11 -> 11 -> 5, 5 -> 4 -> 2) exercise pooling edges and output padding
-    model = build_cnn((3, 11, 11), [4, 5], [3, 2], [1, 2], [1, 0], pools, [7, 10], "tanh",
-                      loss, softmax)
-    with torch.no_grad():  # random weights large enough that every pooled max matters
-        for p in model.parameters():
-            p.normal_()
+    model = cnn_with_random_weights(loss, softmax, pools, vf)
     assert_steps_match(model, torch.randn(4, 3, 11, 11), torch.randint(0, 10, (4,)))
 
 
@@ -107,46 +105,51 @@ def test_bp_baseline_trains_every_layer():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-def cnn_with_random_weights(loss, softmax, pools):
+def cnn_with_random_weights(loss, softmax, pools, vf=False):
     model = build_cnn((3, 11, 11), [4, 5], [3, 2], [1, 2], [1, 0], pools, [7, 10], "tanh",
-                      loss, softmax)
-    with torch.no_grad():
+                      loss, softmax, vf)
+    with torch.no_grad():  # random weights large enough that every pooled max matters
         for p in model.parameters():
             p.normal_()
     return model
 
 
+@pytest.mark.parametrize("vf", [False, True], ids=["sym", "VF"])
 @pytest.mark.parametrize("loss,softmax", HEADS)
 @pytest.mark.parametrize("pools", [None, "mm", "aa", "ii", "ma"])
-def test_param_grads_are_autograd_of_phi(loss, softmax, pools):
+def test_param_grads_are_autograd_of_phi(loss, softmax, pools, vf):
     if pools is None:
-        model, x = build_mlp([20, 15, 12, 10], "tanh", loss, softmax), torch.randn(4, 20)
+        model, x = build_mlp([20, 15, 12, 10], "tanh", loss, softmax, vf), torch.randn(4, 20)
     else:
-        model, x = cnn_with_random_weights(loss, softmax, pools), torch.randn(4, 3, 11, 11)
+        model, x = cnn_with_random_weights(loss, softmax, pools, vf), torch.randn(4, 3, 11, 11)
     s = random_states(model, 4)
+    pre = random_states(model, 4) if vf else None  # VF: post- and pre-synaptic states differ
     target = model.one_hot(torch.randint(0, 10, (4,)), x)
     for beta in (0.0, 0.6):
-        explicit = model.param_grads(x, s, target, beta)
-        reference = torch.autograd.grad(model.phi(x, s, target, beta).sum(),
+        explicit = model.param_grads(x, s, target, beta, pre)
+        reference = torch.autograd.grad(model.phi(x, s, target, beta, pre).sum(),
                                         list(model.parameters()), allow_unused=True)
         for (name, _), e, r in zip(model.named_parameters(), explicit, reference, strict=True):
             r = torch.zeros_like(e) if r is None else r
             assert (e - r).norm() <= 1e-10 * max(r.norm(), 1e-30), name
 
 
-def test_explicit_and_autograd_ep_updates_agree():
-    model = cnn_with_random_weights("cel", True, "ma")
+@pytest.mark.parametrize("vf,same_update", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("thirdphase", [False, True])
+def test_explicit_and_autograd_ep_updates_agree(vf, same_update, thirdphase):
+    model = cnn_with_random_weights("cel", True, "ma", vf)
     x, y = torch.randn(4, 3, 11, 11), torch.randint(0, 10, (4,))
     grads = []
     for explicit in (True, False):
-        ep_gradients(model, x, y, Phases(5, 3, 0.0, 0.5, thirdphase=True, explicit=explicit))
+        ep_gradients(model, x, y, Phases(5, 3, 0.0, 0.5, thirdphase, explicit, same_update))
         grads.append(flat_grads(model))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("vf", [False, True], ids=["CNN", "VFCNN"])
 @pytest.mark.parametrize("loss,softmax", HEADS)
-def test_bptt_through_explicit_steps_equals_bptt_through_autograd(loss, softmax):
-    model = cnn_with_random_weights(loss, softmax, "ma")
+def test_bptt_through_explicit_steps_equals_bptt_through_autograd(loss, softmax, vf):
+    model = cnn_with_random_weights(loss, softmax, "ma", vf)
     x, y = torch.randn(4, 3, 11, 11), torch.randint(0, 10, (4,))
     grads = []
     for explicit in (True, False):

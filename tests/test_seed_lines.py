@@ -38,10 +38,11 @@ def test_line_builds_its_model_or_fails_in_one_line(argv, capsys):
         return
     config.validate(args, typed)
     model = config.build_model(args)
-    if args.model == "CNN":
+    if config.MODELS[args.model] == "cnn":
         assert [syn.out_channels for syn in model.synapses[:len(args.channels)]] == args.channels
         assert [syn.pool for syn in model.synapses[:len(args.channels)]] == list(args.pools)
     assert len(model.synapses) == len(args.lrs)
+    assert model.has_feedback == args.model.startswith("VF")
     assert model.softmax == args.softmax and model.n_states == len(model.state_shapes)
     x = torch.rand(2, *config.TASKS[args.task][0])
     with torch.no_grad():

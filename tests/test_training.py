@@ -24,8 +24,10 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, capsys):
     assert "resumed after epoch 1" in (b / "hyperparameters.txt").read_text()
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch(tmp_path, capsys, monkeypatch):
-    assert cli(AUGMENTED + ["--epochs", "2", "--results-dir", tmp_path / "a"])[0] == 0
+@pytest.mark.parametrize("extra", [[], ["--model", "VFMLP", "--check-thm"]], ids=["MLP", "VF"])
+def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch(tmp_path, capsys, monkeypatch, extra):
+    argv = AUGMENTED + extra
+    assert cli(argv + ["--epochs", "2", "--results-dir", tmp_path / "a"])[0] == 0
     calls = {"n": 0}
     original = trainer.Trainer.train_batch
 
@@ -36,7 +38,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch(tmp_path, capsys, monk
         return original(self, x, y)
 
     monkeypatch.setattr(trainer.Trainer, "train_batch", interrupted)
-    rc, out, _ = cli(AUGMENTED + ["--epochs", "2", "--results-dir", tmp_path / "b"], capsys)
+    rc, out, _ = cli(argv + ["--epochs", "2", "--results-dir", tmp_path / "b"], capsys)
     monkeypatch.setattr(trainer.Trainer, "train_batch", original)
     b = only_run_dir(tmp_path / "b")
     assert rc == 130

@@ -1,0 +1,179 @@
+"""The GDU check: EP's step-by-step updates against BPTT's gradients (discrete-time EP theorem).
+
+From the free state s_T1, EP's t-th nudged step gives a neural update (s_{t+1} - s_t) / beta and
+a weight update -(dPhi/dtheta(s_{t+1}) - dPhi/dtheta(s_t)) / beta (batch mean, gradient sign).
+BPTT runs the last T2 free steps with a graph and gives, for t steps back from the end,
+-dL/ds_{T1-t} and the gradient of L through step T1-t alone. The theorem says the two sequences
+coincide when the free phase has converged and beta -> 0; their cumulative sums are the
+gradient estimates after t steps. Everything runs in float64 so that only the theorem is tested,
+with the explicit dynamics (equal to autograd's, as the tests show).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import torch
+from torch import Tensor
+
+from dynamics import relax
+from estimators import phi_gradient_change, share_feedback_updates
+from model_utils import EnergyNet
+
+Updates = dict[str, Tensor]  # name -> tensor of shape (T2, *shape): one entry per step t
+
+
+def update_names(model: EnergyNet) -> list[str]:
+    """s1.. for the layers, then W/b/B with the weight layer's number, in parameters() order."""
+    letters = {"weight": "W", "bias": "b", "feedback": "B"}
+    names = [f"s{k}" for k in range(1, model.n_states + 1)]
+    for name, _ in model.named_parameters():
+        _, index, kind = name.split(".")
+        names.append(f"{letters[kind]}{int(index) + 1}")
+    return names
+
+
+def bptt_updates(model: EnergyNet, x: Tensor, y: Tensor, T1: int, T2: int) -> Updates:
+    """BPTT's gradients t = 0 .. T2-1 steps back from s_T1, with the sign of a descent step.
+
+    Neurons: -dL/da at the input a of the activation of the step that gave s_{T1-t}, the
+    quantity EP's neural update approximates (dL/ds would differ by act'(a) from it).
+    Weights: the gradient of L through that step alone.
+    """
+    target, params = model.one_hot(y, x), list(model.parameters())
+    with torch.no_grad():
+        s = relax(model, x, model.init_states(x), T1 - T2)
+    with torch.enable_grad():
+        path = [[t.detach().requires_grad_() for t in s]]
+        for _ in range(T2):
+            path.append(relax(model, x, path[-1], 1))
+        loss = model.loss(path[-1], target).sum()  # a sum: per-sample state gradients
+        flat = torch.autograd.grad(loss, [t for states in path[1:] for t in states],
+                                   materialize_grads=True)
+        n = model.n_states
+        per_step = []
+        for tau in range(T2):  # step tau alone, from its detached input state
+            field = model.field(model.input_drive(x), [t.detach() for t in path[tau]])
+            out = [act(a) for act, a in zip(model.acts, field)]
+            grads = torch.autograd.grad(out, field + params, flat[tau * n:(tau + 1) * n],
+                                        materialize_grads=True)
+            per_step.append([-g for g in grads[:n]] + [g / x.shape[0] for g in grads[n:]])
+        if model.softmax:  # the read-out's gradient comes from the loss, outside any step
+            last = [t.detach() for t in path[-1]]
+            direct = torch.autograd.grad(model.loss(last, target).sum(), params,
+                                         materialize_grads=True)
+            per_step[-1][n:] = [g + d / x.shape[0] for g, d in zip(per_step[-1][n:], direct)]
+    return _stack(update_names(model), per_step[::-1])  # index t = steps back from s_T1
+
+
+def ep_updates(model: EnergyNet, x: Tensor, y: Tensor, T1: int, T2: int, beta: float,
+               same_update: bool = False) -> Updates:
+    """EP's neural and weight updates at each of the T2 nudged steps from s_T1.
+
+    The read-out (softmax) enters through the loss only: its update at step t is the change of
+    dL/dW_out, so that the sum up to t is dL/dW_out at the nudged state, as in training. VF
+    models pair the post-synaptic change with the free pre-synaptic states, as in training.
+    """
+    target = model.one_hot(y, x)
+    with torch.no_grad():
+        drive = model.input_drive(x)
+        s = relax(model, x, model.init_states(x), T1, drive=drive)
+        pre = s if model.has_feedback and not same_update else None
+        per_step, beta_t = [], 0.0
+        for _ in range(T2):
+            s_next = relax(model, x, s, 1, y, beta, drive=drive)
+            deltas = phi_gradient_change(model, x, target, s, beta_t, s_next, beta, pre)
+            grads = [d.div_(-beta * x.shape[0]) for d in deltas]
+            if same_update:
+                share_feedback_updates(model, grads)
+            per_step.append([(b - a) / beta for a, b in zip(s, s_next)] + grads)
+            s, beta_t = s_next, beta
+    return _stack(update_names(model), per_step)
+
+
+def _stack(names: list[str], per_step: list[list[Tensor]]) -> Updates:
+    return {name: torch.stack([step[i] for step in per_step]).detach()
+            for i, name in enumerate(names)}
+
+
+def symmetric(plus: Updates, minus: Updates) -> Updates:
+    """The symmetric estimate: mean of the +beta and -beta one-sided updates."""
+    return {k: (plus[k] + minus[k]) / 2 for k in plus}
+
+
+def compare(ep: Updates, bptt: Updates) -> dict[str, dict[str, float]]:
+    """Per name: RMS over t of EP - BPTT divided by the larger RMS of the two, averaged over
+    units (0 = identical, 1 = unrelated), and the fraction of (t, unit) with opposite signs."""
+    out = {}
+    for key, e in ep.items():
+        b = bptt[key]
+        rms_diff = (e - b).pow(2).mean(0).sqrt()
+        scale = torch.maximum(e.pow(2).mean(0).sqrt(), b.pow(2).mean(0).sqrt())
+        out[key] = {"rmse": (rms_diff / (scale + 1e-10)).mean().item(),
+                    "sign_error": (e * b < 0).double().mean().item()}
+    return out
+
+
+def mean_rmse(metrics: dict[str, dict[str, float]]) -> float:
+    return sum(m["rmse"] for m in metrics.values()) / len(metrics)
+
+
+def tie_feedback(updates: Updates) -> Updates:
+    """BPTT's gradient for --same-update: W and its B act as one weight, so both get the sum."""
+    tied = dict(updates)
+    for key in updates:
+        if key.startswith("B"):
+            tied[key] = tied["W" + key[1:]] = updates[key] + updates["W" + key[1:]]
+    return tied
+
+
+def free_drift(model: EnergyNet, x: Tensor, T1: int) -> float:
+    """max |s_{T1+1} - s_T1|: how far the free phase is from the fixed point the theorem needs."""
+    with torch.no_grad():
+        s = relax(model, x, model.init_states(x), T1)
+        return max((a - b).abs().max().item() for a, b in zip(s, relax(model, x, s, 1)))
+
+
+def gdu_check(model: EnergyNet, x: Tensor, y: Tensor, T1: int, T2: int, beta: float,
+              thirdphase: bool = False, same_update: bool = False) -> dict:
+    """BPTT, one-sided EP (and with `thirdphase` symmetric EP) updates and their comparison."""
+    if not (0 < T2 <= T1) or beta == 0 or not math.isfinite(beta):
+        raise ValueError("the GDU check needs 0 < T2 <= T1 and a finite beta != 0")
+    model64 = copy.deepcopy(model).double()
+    x64 = x.double()
+    bptt = bptt_updates(model64, x64, y, T1, T2)
+    result = {"bptt": tie_feedback(bptt) if same_update else bptt,
+              "one_sided": ep_updates(model64, x64, y, T1, T2, beta, same_update),
+              "free_drift": free_drift(model64, x64, T1)}
+    result["metrics"] = {"one_sided": compare(result["one_sided"], result["bptt"])}
+    if thirdphase:
+        minus = ep_updates(model64, x64, y, T1, T2, -beta, same_update)
+        result["symmetric"] = symmetric(result["one_sided"], minus)
+        result["metrics"]["symmetric"] = compare(result["symmetric"], result["bptt"])
+    return result
+
+
+def gdu_report(result: dict, settings: dict) -> tuple[str, str]:
+    """gdu_metrics.json's text, and the table printed on the terminal."""
+    metrics = result["metrics"]
+    report = {"settings": settings, "free_drift": result["free_drift"], **metrics}
+    if "symmetric" in metrics:
+        report["symmetric_error_ratio"] = {
+            k: metrics["symmetric"][k]["rmse"] / max(v["rmse"], 1e-300)
+            for k, v in metrics["one_sided"].items()}
+    estimates = list(metrics)
+    lines = [f"GDU check of {settings['weights']}: {settings['samples']} samples, "
+             f"T1 {settings['T1']}, T2 {settings['T2']}, beta {settings['beta']:g}; "
+             f"max |s_T1+1 - s_T1| = {result['free_drift']:.2e}",
+             "normalised RMSE (0 = EP equals BPTT) and fraction of opposite signs, per tensor:",
+             f"{'':8}" + "".join(f"{e.replace('_', '-'):>24}" for e in estimates)]
+    for name in metrics["one_sided"]:
+        lines.append(f"{name:8}" + "".join(f"{metrics[e][name]['rmse']:>14.4f}"
+                                           f"{metrics[e][name]['sign_error']:>10.4f}"
+                                           for e in estimates))
+    if result["free_drift"] > 1e-3:
+        lines.append("notice: the free phase has not reached a fixed point (the theorem assumes "
+                     "one): raise --T1")
+    return json.dumps(report, indent=2) + "\n", "\n".join(lines)
