@@ -10,12 +10,7 @@ from model_utils import ACTIVATIONS, build_cnn, build_mlp
 HEADS = [("mse", False), ("cel", False), ("cel", True)]
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(torch.float32)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def random_states(model, n):

@@ -8,12 +8,7 @@ from estimators import Phases, ep_gradients
 from model_utils import build_cnn, build_mlp
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(torch.float32)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def feedback_synapses(model):
