@@ -102,15 +102,23 @@ def bptt_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases) -> States
         s = relax(model, x, model.init_states(x), ph.T1 - ph.T2, explicit=ph.explicit)
     with torch.enable_grad():  # the drive is recomputed here: its graph reaches W_0
         s = relax(model, x, s, ph.T2, explicit=ph.explicit)
-        model.zero_grad()
-        model.loss(s, model.one_hot(y, x)).mean().backward()
+        backward_loss(model, x, y, s)
     return [t.detach() for t in s]
+
+
+def backward_loss(model: EnergyNet, x: Tensor, y: Tensor, s: States) -> None:
+    """.grad <- d(mean loss at s)/dtheta; zero for weights the loss does not reach (a layer
+    deeper than T2 steps back, or B in a feed-forward pass)."""
+    params = list(model.parameters())
+    grads = torch.autograd.grad(model.loss(s, model.one_hot(y, x)).mean(), params,
+                                materialize_grads=True)
+    for p, g in zip(params, grads):
+        p.grad = g
 
 
 def bp_gradients(model: EnergyNet, x: Tensor, y: Tensor) -> States:
     """Feed-forward backprop through the same layers (no recurrence)."""
     with torch.enable_grad():
         s = model.feedforward(x)
-        model.zero_grad()
-        model.loss(s, model.one_hot(y, x)).mean().backward()
+        backward_loss(model, x, y, s)
     return [t.detach() for t in s]

@@ -7,7 +7,9 @@ import torch
 
 import config
 import main
+from data_utils import Split
 from helpers import ROOT, cli, script_lines
+from trainer import Trainer
 
 SEED_LINES = [shlex.split(line) for line in (ROOT / "tests" / "seed_lines.txt").read_text()
               .splitlines() if line.strip()]
@@ -64,3 +66,26 @@ def test_published_cifar_architecture():
 
 def test_seed_lines_are_all_here():
     assert len(SEED_LINES) == 22 and any(w[1] == "main_dropout.py" for w in SEED_LINES)
+
+
+VF_LINES = [words[2:] for words in SEED_LINES if "'VFCNN'" in words or "VFCNN" in words]
+
+
+@pytest.mark.parametrize("argv", VF_LINES, ids=[" ".join(a[-14:]) for a in VF_LINES])
+def test_published_vfcnn_lines_train_a_batch(argv):
+    """The VFCNN lines' own architecture and update rule, on a CIFAR-shaped batch of 2 (with
+    5 free and 4 nudged steps, enough to reach the 4 layers, so the CPU test stays short)."""
+    args, typed = main.parse(argv + ["--T1", "5", "--T2", "4"])
+    config.validate(args, typed)
+    torch.manual_seed(0)
+    model = config.build_model(args)
+    data = Split(torch.rand(2, 3, 32, 32), torch.tensor([3, 7]))
+    trainer = Trainer(model, data, data, args, None)
+    trainer.train_batch(data.x, data.y)
+    feedback = [syn for syn in model.synapses if syn.feedback is not None]
+    assert len(feedback) == 3  # conv 2-4; not the first conv, not the softmax read-out
+    for p in model.parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+    for syn in feedback:
+        assert syn.feedback.grad.abs().sum() > 0
+        assert torch.equal(syn.weight.grad, syn.feedback.grad) == args.same_update

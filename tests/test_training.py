@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+import config
+import main
 import trainer
 from helpers import (ROOT, TINY_MLP, assert_same_weights, cli, metrics, only_run_dir,
                      script_lines, weights)
@@ -128,3 +130,17 @@ def test_quickstart_reaches_90_percent(tmp_path):
     (argv,) = script_lines(ROOT / "check" / "quickstart.sh")
     assert cli(argv + ["--results-dir", tmp_path])[0] == 0
     assert max(float(row["test_acc"]) for row in metrics(only_run_dir(tmp_path))) >= 90
+
+
+def test_bptt_shorter_than_the_network_is_deep(tmp_path):
+    """T2 = 1 back-propagates into the top layer only: the others get zero gradients."""
+    argv = TINY_MLP + ["--archi", "784", "32", "16", "10", "--lrs", "0.05", "0.05", "0.05",
+                       "--alg", "BPTT", "--T2", "1", "--save", "--results-dir", str(tmp_path)]
+    assert cli(argv)[0] == 0
+    after = weights(only_run_dir(tmp_path) / "final_model.pt")
+    args, typed = main.parse(argv)
+    config.validate(args, typed)
+    torch.manual_seed(args.seed)
+    before = config.build_model(args).state_dict()
+    assert torch.equal(before["synapses.0.weight"], after["synapses.0.weight"])
+    assert not torch.equal(before["synapses.2.weight"], after["synapses.2.weight"])
