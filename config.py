@@ -147,10 +147,11 @@ def check_steps(args: Namespace) -> None:
             raise UsageError(f"{flag(dest)} must be at least 1 (got {getattr(args, dest)})")
     if args.T2 < 0:
         raise UsageError(f"--T2 must be at least 0 (got {args.T2})")
-    if (args.alg == "BPTT" or args.todo == "gducheck") and args.T2 > args.T1:
+    gdu = args.todo == "gducheck" or args.check_thm
+    if (args.alg == "BPTT" or gdu) and args.T2 > args.T1:
         raise UsageError(f"--T2 {args.T2} > --T1 {args.T1}: BPTT back-propagates through the last "
                          "T2 of the T1 free steps; make T2 <= T1")
-    if args.todo == "gducheck" and args.T2 < 1:
+    if gdu and args.T2 < 1:
         raise UsageError("--T2 0: the GDU check compares the T2 nudged steps; give --T2 >= 1")
     if (args.alg == "EP" or args.todo == "gducheck") and args.betas[0] == args.betas[1]:
         raise UsageError("--betas: beta1 and beta2 must differ (EP divides by beta2 - beta1)")

@@ -46,6 +46,8 @@ BAD_INPUTS = [
     (["--todo", "gducheck", "--betas", "0.5", "0.1"], "give --betas 0 0.1"),
     (["--todo", "gducheck", "--T2", "0"], "--T2 0: the GDU check compares the T2 nudged steps"),
     (["--todo", "gducheck", "--T1", "5", "--T2", "10"], "--T2 10 > --T1 5"),
+    (["--check-thm", "--T1", "5", "--T2", "10"], "--T2 10 > --T1 5"),
+    (["--check-thm", "--T2", "0"], "--T2 0: the GDU check compares the T2 nudged steps"),
     (["--model", "VFMLP", "--lrs", "0.1"], "--lrs has 1 entries but the model has 2 layers"),
     (["--T1", "abc"], "argument --T1: invalid int value: 'abc'"),
     (["--mbs", "0"], "--mbs must be at least 1"),
