@@ -37,24 +37,17 @@ def energy_gradients(model: EnergyNet, x: Tensor, y: Tensor, s_a: States, beta_a
     target = model.one_hot(y, x)
     if explicit:
         with torch.no_grad():
-            deltas = phi_gradient_change(model, x, target, s_a, beta_a, s_b, beta_b, pre)
-            scale = -1.0 / ((beta_b - beta_a) * x.shape[0])
-            for p, d in zip(model.parameters(), deltas, strict=True):
-                p.grad = d.mul_(scale)
+            scale = 1.0 / ((beta_b - beta_a) * x.shape[0])
+            grads_a = model.param_grads(x, s_a, target, beta_a, pre)
+            grads_b = model.param_grads(x, s_b, target, beta_b, pre)
+            for p, a, b in zip(model.parameters(), grads_a, grads_b, strict=True):
+                p.grad = (a - b).mul_(scale)
         return
     model.zero_grad()
     with torch.enable_grad():
         delta = (model.phi(x, s_b, target, beta_b, pre).mean()
                  - model.phi(x, s_a, target, beta_a, pre).mean())
         (delta / (beta_a - beta_b)).backward()
-
-
-def phi_gradient_change(model: EnergyNet, x: Tensor, target: Tensor, s_a: States, beta_a: float,
-                        s_b: States, beta_b: float, pre: States | None = None) -> list[Tensor]:
-    """dPhi/dtheta(s_b, beta_b) - dPhi/dtheta(s_a, beta_a), summed over the batch."""
-    grads_a = model.param_grads(x, s_a, target, beta_a, pre)
-    grads_b = model.param_grads(x, s_b, target, beta_b, pre)
-    return [b - a for a, b in zip(grads_a, grads_b, strict=True)]
 
 
 def share_feedback_updates(model: EnergyNet, updates: list[Tensor]) -> None:
@@ -67,9 +60,9 @@ def share_feedback_updates(model: EnergyNet, updates: list[Tensor]) -> None:
             b.copy_(w)
 
 
-def update_rule_pre(model: EnergyNet, ph: Phases, s_free: States) -> States | None:
+def update_rule_pre(model: EnergyNet, same_update: bool, s_free: States) -> States | None:
     """VF default rule: nudged post-synaptic change times free pre-synaptic states."""
-    return s_free if model.has_feedback and not ph.same_update else None
+    return s_free if model.has_feedback and not same_update else None
 
 
 def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float = 1.0) -> States:
@@ -89,7 +82,7 @@ def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float
             s_nudged = relax(model, x, s_free, ph.T2, y, beta, ph.explicit, drive)
             s_ref, beta_ref = s_free, ph.beta1
     energy_gradients(model, x, y, s_ref, beta_ref, s_nudged, beta, ph.explicit,
-                     update_rule_pre(model, ph, s_free))
+                     update_rule_pre(model, ph.same_update, s_free))
     if ph.same_update:
         with torch.no_grad():
             share_feedback_updates(model, [p.grad for p in model.parameters()])

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from dynamics import relax
-from estimators import phi_gradient_change, share_feedback_updates
-from model_utils import EnergyNet
+from estimators import share_feedback_updates, update_rule_pre
+from model_utils import EnergyNet, States
 
 Updates = dict[str, Tensor]  # name -> tensor of shape (T2, *shape): one entry per step t
 
@@ -35,18 +35,17 @@ def update_names(model: EnergyNet) -> list[str]:
     return names
 
 
-def bptt_updates(model: EnergyNet, x: Tensor, y: Tensor, T1: int, T2: int) -> Updates:
-    """BPTT's gradients t = 0 .. T2-1 steps back from s_T1, with the sign of a descent step.
+def bptt_updates(model: EnergyNet, x: Tensor, y: Tensor, s_start: States, T2: int) -> Updates:
+    """BPTT's gradients t = 0 .. T2-1 steps back from s_T1 = T2 free steps after `s_start`,
+    with the sign of a descent step.
 
     Neurons: -dL/da at the input a of the activation of the step that gave s_{T1-t}, the
     quantity EP's neural update approximates (dL/ds would differ by act'(a) from it).
     Weights: the gradient of L through that step alone.
     """
     target, params = model.one_hot(y, x), list(model.parameters())
-    with torch.no_grad():
-        s = relax(model, x, model.init_states(x), T1 - T2)
     with torch.enable_grad():
-        path = [[t.detach().requires_grad_() for t in s]]
+        path = [[t.detach().requires_grad_() for t in s_start]]
         for _ in range(T2):
             path.append(relax(model, x, path[-1], 1))
         loss = model.loss(path[-1], target).sum()  # a sum: per-sample state gradients
@@ -68,28 +67,28 @@ def bptt_updates(model: EnergyNet, x: Tensor, y: Tensor, T1: int, T2: int) -> Up
     return _stack(update_names(model), per_step[::-1])  # index t = steps back from s_T1
 
 
-def ep_updates(model: EnergyNet, x: Tensor, y: Tensor, T1: int, T2: int, beta: float,
+def ep_updates(model: EnergyNet, x: Tensor, y: Tensor, s_free: States, T2: int, beta: float,
                same_update: bool = False) -> Updates:
-    """EP's neural and weight updates at each of the T2 nudged steps from s_T1.
+    """EP's neural and weight updates at each of the T2 nudged steps from the free state.
 
     The read-out (softmax) enters through the loss only: its update at step t is the change of
     dL/dW_out, so that the sum up to t is dL/dW_out at the nudged state, as in training. VF
     models pair the post-synaptic change with the free pre-synaptic states, as in training.
     """
-    target = model.one_hot(y, x)
+    target, s, scale = model.one_hot(y, x), s_free, 1.0 / (beta * x.shape[0])
     with torch.no_grad():
         drive = model.input_drive(x)
-        s = relax(model, x, model.init_states(x), T1, drive=drive)
-        pre = s if model.has_feedback and not same_update else None
-        per_step, beta_t = [], 0.0
+        pre = update_rule_pre(model, same_update, s_free)
+        dphi = model.param_grads(x, s, target, 0.0, pre)  # the free state: beta 0
+        per_step = []
         for _ in range(T2):
             s_next = relax(model, x, s, 1, y, beta, drive=drive)
-            deltas = phi_gradient_change(model, x, target, s, beta_t, s_next, beta, pre)
-            grads = [d.div_(-beta * x.shape[0]) for d in deltas]
+            dphi_next = model.param_grads(x, s_next, target, beta, pre)
+            grads = [(a - b).mul_(scale) for a, b in zip(dphi, dphi_next)]
             if same_update:
                 share_feedback_updates(model, grads)
             per_step.append([(b - a) / beta for a, b in zip(s, s_next)] + grads)
-            s, beta_t = s_next, beta
+            s, dphi = s_next, dphi_next
     return _stack(update_names(model), per_step)
 
 
@@ -129,11 +128,11 @@ def tie_feedback(updates: Updates) -> Updates:
     return tied
 
 
-def free_drift(model: EnergyNet, x: Tensor, T1: int) -> float:
+def free_drift(model: EnergyNet, x: Tensor, s_free: States) -> float:
     """max |s_{T1+1} - s_T1|: how far the free phase is from the fixed point the theorem needs."""
     with torch.no_grad():
-        s = relax(model, x, model.init_states(x), T1)
-        return max((a - b).abs().max().item() for a, b in zip(s, relax(model, x, s, 1)))
+        return max((a - b).abs().max().item()
+                   for a, b in zip(s_free, relax(model, x, s_free, 1)))
 
 
 def gdu_check(model: EnergyNet, x: Tensor, y: Tensor, T1: int, T2: int, beta: float,
@@ -143,13 +142,16 @@ def gdu_check(model: EnergyNet, x: Tensor, y: Tensor, T1: int, T2: int, beta: fl
         raise ValueError("the GDU check needs 0 < T2 <= T1 and a finite beta != 0")
     model64 = copy.deepcopy(model).double()
     x64 = x.double()
-    bptt = bptt_updates(model64, x64, y, T1, T2)
+    with torch.no_grad():  # one free phase serves both: BPTT starts T2 steps before its end
+        s_start = relax(model64, x64, model64.init_states(x64), T1 - T2)
+        s_free = relax(model64, x64, s_start, T2)
+    bptt = bptt_updates(model64, x64, y, s_start, T2)
     result = {"bptt": tie_feedback(bptt) if same_update else bptt,
-              "one_sided": ep_updates(model64, x64, y, T1, T2, beta, same_update),
-              "free_drift": free_drift(model64, x64, T1)}
+              "one_sided": ep_updates(model64, x64, y, s_free, T2, beta, same_update),
+              "free_drift": free_drift(model64, x64, s_free)}
     result["metrics"] = {"one_sided": compare(result["one_sided"], result["bptt"])}
     if thirdphase:
-        minus = ep_updates(model64, x64, y, T1, T2, -beta, same_update)
+        minus = ep_updates(model64, x64, y, s_free, T2, -beta, same_update)
         result["symmetric"] = symmetric(result["one_sided"], minus)
         result["metrics"]["symmetric"] = compare(result["symmetric"], result["bptt"])
     return result

@@ -119,23 +119,26 @@ class ConvPool(nn.Conv2d, Feedback):
 
     def up(self, s_in: Tensor) -> tuple[Tensor, tuple]:
         """P(conv_W(s)) and the routing `down` needs (B's own arg-max in a VF synapse)."""
-        out, ctx = self._conv_pool(s_in, self.weight, self.bias)
-        if self.feedback is not None and self.pool == "m":
+        vf_routing = self.feedback is not None and self.pool == "m"
+        out, ctx = self._conv_pool(s_in, self.weight, self.bias, routing=not vf_routing)
+        if vf_routing:
             ctx = self._conv_pool(s_in, self.feedback, None)[1]
         return out, ctx
 
     def feedback_up(self, s_in: Tensor) -> Tensor:
         """P(conv_B(s)) (no bias): the term whose derivative in s is the top-down input."""
-        return self._conv_pool(s_in, self.back, None)[0]
+        return self._conv_pool(s_in, self.back, None, routing=False)[0]
 
-    def _conv_pool(self, s_in: Tensor, weight: Tensor,
-                   bias: Tensor | None) -> tuple[Tensor, tuple]:
+    def _conv_pool(self, s_in: Tensor, weight: Tensor, bias: Tensor | None,
+                   routing: bool = True) -> tuple[Tensor, tuple]:
+        """P(conv_weight(s)) and, with `routing`, the max-pool arg-max that `unpool` needs."""
         # channels-last: ~20x faster max-pooling on CPU and the layout cuDNN prefers
         s_in = s_in.contiguous(memory_format=torch.channels_last)
         c = F.conv2d(s_in, weight, bias, self.stride, self.padding)
         indices = None
         if self.pool == "m":
-            out, indices = F.max_pool2d(c, 2, return_indices=True)
+            out, indices = F.max_pool2d(c, 2, return_indices=True) if routing else (
+                F.max_pool2d(c, 2), None)
         elif self.pool == "a":
             out = F.avg_pool2d(c, 2)
         else:
@@ -342,7 +345,7 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, pool: st
     return size // 2 if pool in "ma" else size
 
 
-def has_feedback(k: int, n_synapses: int, vf: bool, softmax: bool) -> bool:
+def gets_feedback(k: int, n_synapses: int, vf: bool, softmax: bool) -> bool:
     """VF: every synapse gets a B except the first (x is clamped) and a softmax read-out."""
     return vf and 0 < k < n_synapses - int(softmax)
 
@@ -350,7 +353,7 @@ def has_feedback(k: int, n_synapses: int, vf: bool, softmax: bool) -> bool:
 def build_mlp(archi: list[int], act: str, loss: str, softmax: bool,
               vf: bool = False) -> EnergyNet:
     n = len(archi) - 1
-    synapses = [Dense(a, b, has_feedback(k, n, vf, softmax))
+    synapses = [Dense(a, b, gets_feedback(k, n, vf, softmax))
                 for k, (a, b) in enumerate(zip(archi[:-1], archi[1:]))]
     return EnergyNet(synapses, (archi[0],), act, loss, softmax)
 
@@ -363,10 +366,11 @@ def build_cnn(input_shape: tuple[int, int, int], channels: list[int], kernels: l
     synapses: list[nn.Module] = []
     for k, (c_out, kern, st, p, pool) in enumerate(zip(channels, kernels, strides, paddings,
                                                         pools)):
-        synapses.append(ConvPool(c_in, c_out, kern, st, p, pool, has_feedback(k, n, vf, softmax)))
+        feedback = gets_feedback(k, n, vf, softmax)
+        synapses.append(ConvPool(c_in, c_out, kern, st, p, pool, feedback))
         c_in, size = c_out, conv_output_size(size, kern, st, p, pool)
     widths = [c_in * size * size] + list(fc)
-    synapses += [Dense(a, b, has_feedback(k, n, vf, softmax))
+    synapses += [Dense(a, b, gets_feedback(k, n, vf, softmax))
                  for k, (a, b) in enumerate(zip(widths[:-1], widths[1:]), len(channels))]
     return EnergyNet(synapses, input_shape, act, loss, softmax)
 
