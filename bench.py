@@ -22,7 +22,7 @@ import torch
 import config
 import main
 from data_utils import load_task
-from dynamics import free_phase
+from model_utils import free_phase
 from trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent

@@ -18,9 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from dynamics import relax
-from estimators import share_feedback_updates, update_rule_pre
-from model_utils import EnergyNet, States
+from model_utils import EnergyNet, States, relax, share_feedback_updates, update_rule_pre
 
 Updates = dict[str, Tensor]  # name -> tensor of shape (T2, *shape): one entry per step t
 
@@ -43,25 +41,27 @@ def bptt_updates(model: EnergyNet, x: Tensor, y: Tensor, s_start: States, T2: in
     quantity EP's neural update approximates (dL/ds would differ by act'(a) from it).
     Weights: the gradient of L through that step alone.
     """
-    target, params = model.one_hot(y, x), list(model.parameters())
+    params = list(model.parameters())
+    with torch.no_grad():
+        batch = model.batch(x, y)  # the path is differentiated in the states only
     with torch.enable_grad():
         path = [[t.detach().requires_grad_() for t in s_start]]
         for _ in range(T2):
-            path.append(relax(model, x, path[-1], 1))
-        loss = model.loss(path[-1], target).sum()  # a sum: per-sample state gradients
+            path.append(model.step(batch, path[-1]))
+        loss = model.loss(path[-1], batch.target).sum()  # a sum: per-sample state gradients
         flat = torch.autograd.grad(loss, [t for states in path[1:] for t in states],
                                    materialize_grads=True)
         n = model.n_states
         per_step = []
         for tau in range(T2):  # step tau alone, from its detached input state
-            field = model.field(model.input_drive(x), [t.detach() for t in path[tau]])
-            out = [act(a) for act, a in zip(model.acts, field)]
+            field = model.field(model.batch(x), [t.detach() for t in path[tau]])
+            out = [n.act(a) for n, a in zip(model.neurons, field)]
             grads = torch.autograd.grad(out, field + params, flat[tau * n:(tau + 1) * n],
                                         materialize_grads=True)
             per_step.append([-g for g in grads[:n]] + [g / x.shape[0] for g in grads[n:]])
         if model.softmax:  # the read-out's gradient comes from the loss, outside any step
             last = [t.detach() for t in path[-1]]
-            direct = torch.autograd.grad(model.loss(last, target).sum(), params,
+            direct = torch.autograd.grad(model.loss(last, batch.target).sum(), params,
                                          materialize_grads=True)
             per_step[-1][n:] = [g + d / x.shape[0] for g, d in zip(per_step[-1][n:], direct)]
     return _stack(update_names(model), per_step[::-1])  # index t = steps back from s_T1
@@ -75,15 +75,16 @@ def ep_updates(model: EnergyNet, x: Tensor, y: Tensor, s_free: States, T2: int, 
     dL/dW_out, so that the sum up to t is dL/dW_out at the nudged state, as in training. VF
     models pair the post-synaptic change with the free pre-synaptic states, as in training.
     """
-    target, s, scale = model.one_hot(y, x), s_free, 1.0 / (beta * x.shape[0])
+    s, scale = s_free, 1.0 / (beta * x.shape[0])
     with torch.no_grad():
-        drive = model.input_drive(x)
+        free = model.batch(x, y)
+        nudged = free.nudged(beta)
         pre = update_rule_pre(model, same_update, s_free)
-        dphi = model.param_grads(x, s, target, 0.0, pre)  # the free state: beta 0
+        dphi = model.param_grads(free, s, pre)
         per_step = []
         for _ in range(T2):
-            s_next = relax(model, x, s, 1, y, beta, drive=drive)
-            dphi_next = model.param_grads(x, s_next, target, beta, pre)
+            s_next = model.step(nudged, s)
+            dphi_next = model.param_grads(nudged, s_next, pre)
             grads = [(a - b).mul_(scale) for a, b in zip(dphi, dphi_next)]
             if same_update:
                 share_feedback_updates(model, grads)
@@ -132,7 +133,7 @@ def free_drift(model: EnergyNet, x: Tensor, s_free: States) -> float:
     """max |s_{T1+1} - s_T1|: how far the free phase is from the fixed point the theorem needs."""
     with torch.no_grad():
         return max((a - b).abs().max().item()
-                   for a, b in zip(s_free, relax(model, x, s_free, 1)))
+                   for a, b in zip(s_free, model.step(model.batch(x), s_free)))
 
 
 def gdu_check(model: EnergyNet, x: Tensor, y: Tensor, T1: int, T2: int, beta: float,
@@ -143,8 +144,9 @@ def gdu_check(model: EnergyNet, x: Tensor, y: Tensor, T1: int, T2: int, beta: fl
     model64 = copy.deepcopy(model).double()
     x64 = x.double()
     with torch.no_grad():  # one free phase serves both: BPTT starts T2 steps before its end
-        s_start = relax(model64, x64, model64.init_states(x64), T1 - T2)
-        s_free = relax(model64, x64, s_start, T2)
+        free = model64.batch(x64)
+        s_start = relax(model64, free, model64.init_states(x64), T1 - T2)
+        s_free = relax(model64, free, s_start, T2)
     bptt = bptt_updates(model64, x64, y, s_start, T2)
     result = {"bptt": tie_feedback(bptt) if same_update else bptt,
               "one_sided": ep_updates(model64, x64, y, s_free, T2, beta, same_update),

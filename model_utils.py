@@ -1,24 +1,31 @@
-"""Energy-based networks: a chain of synapses that declares the primitive function Phi.
+"""Energy-based networks and how they learn: the energy, the dynamics, the gradient estimators.
 
-A network is a list of synapses; synapse k maps layer k to layer k+1 (layer 0 is the clamped
+A network is a chain of synapses; synapse k maps layer k to layer k+1 (layer 0 is the clamped
 input x). Phi(x, s, beta) = sum_k <up_k(s_k), s_{k+1}> - beta * L(s, y), and one step of the
-dynamics is s_k <- act(dPhi/ds_k) for all layers at once. `step` computes that derivative with
-explicit local terms (bottom-up `up`, top-down `down`); `phi` is the same energy for autograd.
+dynamics is s_k <- act(dPhi/ds_k) for all layers at once. `EnergyNet.step` computes that
+derivative with explicit local terms (bottom-up `up`, top-down `down`); `EnergyNet.phi` is the
+same energy for autograd, the reference the tests hold the explicit terms to.
 
-Vector-field (VF) models give every inner synapse its own feedback weight B (the shape of W, no
-bias) that carries the top-down term in place of W: the field is no longer a gradient, but each
-layer's update is still d/ds_k of Phi with the other layers held fixed (see `phi`'s `pre`).
+Vector-field (VF) models give every inner synapse its own feedback weight B that carries the
+top-down term in place of W: the field is no longer a gradient, but each layer's update is
+still d/ds_k of Phi with the other layers held fixed (see `phi`'s `pre`).
+
+Below the models: the dynamics (`relax`, `free_phase`) and the estimators that turn phases into
+parameter gradients (`ep_gradients`, `bptt_gradients`, `bp_gradients`), on any EnergyNet.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-States = list[Tensor]
+# one entry per layer: a tensor, or a tuple (visible, *hidden) for a layer with hidden variables
+LayerState = Tensor | tuple[Tensor, ...]
+States = list[LayerState]
 
 
 def mysig(x: Tensor) -> Tensor:
@@ -57,12 +64,17 @@ class Feedback:
 
     feedback: nn.Parameter | None
 
-    def add_feedback(self, enabled: bool) -> None:
-        # registered after W and b, so parameters() is (W, b, B); initialised like W
+    def add_feedback(self, enabled: bool, transposed: bool = False) -> None:
+        """B has W's shape; registered after W and b, so parameters() is (W, b, B).
+
+        Initialised like W, or with `transposed` like a layer from W's output to its input
+        (the published VFMLP builds B that way, so its bound is 1/sqrt(W's output size)).
+        """
         feedback = None
         if enabled:
             feedback = nn.Parameter(torch.empty_like(self.weight))
-            nn.init.kaiming_uniform_(feedback, a=math.sqrt(5))
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(feedback.t() if transposed else feedback, a=math.sqrt(5))
         self.register_parameter("feedback", feedback)
 
     @property
@@ -74,9 +86,10 @@ class Feedback:
 class Dense(nn.Linear, Feedback):
     """Fully connected synapse: up = W s + b, down = W^T s' (B^T s' with feedback)."""
 
-    def __init__(self, n_in: int, n_out: int, feedback: bool = False):
+    def __init__(self, n_in: int, n_out: int, feedback: bool = False,
+                 feedback_transposed: bool = False):
         super().__init__(n_in, n_out)
-        self.add_feedback(feedback)
+        self.add_feedback(feedback, feedback_transposed)
 
     def up(self, s_in: Tensor) -> tuple[Tensor, torch.Size]:
         return F.linear(s_in.flatten(1), self.weight, self.bias), s_in.shape
@@ -183,26 +196,72 @@ class ConvPool(nn.Conv2d, Feedback):
         return dw, g
 
 
+@dataclass(frozen=True)
+class Batch:
+    """What stays fixed while the states of one mini-batch relax: the clamped input x, its
+    bottom-up drive into layer 1 (computed once), the one-hot target and the nudge beta (a
+    number, or one value per sample when several nudged phases share one batch)."""
+
+    x: Tensor
+    drive: Tensor
+    target: Tensor | None = None
+    beta: float | Tensor = 0.0
+
+    def nudged(self, beta: float | Tensor) -> Batch:
+        return replace(self, beta=beta)
+
+    def stacked(self, beta: float) -> Batch:
+        """Two copies as one batch of 2B, nudged by +beta and -beta (the symmetric estimate)."""
+        n = self.x.shape[0]
+        betas = torch.full((2 * n,), beta, dtype=self.x.dtype, device=self.x.device)
+        betas[n:] = -beta
+        return Batch(*(torch.cat([t, t]) for t in (self.x, self.drive, self.target)), betas)
+
+
+class Neurons:
+    """A layer of neurons: after a step its state is act(dPhi/ds). A layer with hidden
+    variables (LCA's membrane potential) subclasses this; its state is (visible, *hidden)."""
+
+    def __init__(self, act):
+        self.act = act
+
+    def init(self, zeros: Tensor) -> LayerState:
+        return zeros
+
+    def update(self, field: Tensor, state: LayerState) -> LayerState:
+        return self.act(field)
+
+
+def map_states(fn, *states: States) -> States:
+    """`fn` applied to every tensor of one or more state lists, layer by layer."""
+    return [tuple(map(fn, *layer)) if isinstance(layer[0], tuple) else fn(*layer)
+            for layer in zip(*states)]
+
+
 class EnergyNet(nn.Module):
     """A layered energy-based network (MLP or CNN, decided by its synapses).
 
     With `softmax`, the last synapse is a read-out outside the energy: its logits are the
-    prediction and the nudge reaches the last state through it.
+    prediction and the nudge reaches the last state through it. `forward(x)` runs
+    `free_steps` free steps from zero and returns the logits.
     """
 
     def __init__(self, synapses: list[nn.Module], input_shape: tuple[int, ...], act: str,
-                 loss: str, softmax: bool):
+                 loss: str, softmax: bool, neurons: list[Neurons] | None = None):
         super().__init__()
         self.synapses = nn.ModuleList(synapses)
         self.input_shape = tuple(input_shape)
         self.act_name, self.loss_name, self.softmax = act, loss, softmax
         self.n_states = len(synapses) - int(softmax)
+        self.free_steps = 30  # forward()'s default; config.build_model sets it from --T1
         # a plain tuple (not a ModuleList slice, which costs ~15 us to build on every step)
         self.energy_synapses = tuple(self.synapses[: self.n_states])
-        linear_output = loss == "cel" and not softmax
-        self.acts = [ACTIVATIONS[act]] * self.n_states
-        if linear_output:
-            self.acts[-1] = identity
+        if neurons is None:
+            neurons = [Neurons(ACTIVATIONS[act]) for _ in range(self.n_states)]
+            if loss == "cel" and not softmax:  # a linear output layer
+                neurons[-1] = Neurons(identity)
+        self.neurons = neurons
+        self.hidden_states = any(type(n) is not Neurons for n in neurons)
         with torch.no_grad():
             h, shapes = torch.zeros(1, *input_shape), []
             for syn in self.energy_synapses:
@@ -211,20 +270,38 @@ class EnergyNet(nn.Module):
         self.state_shapes = shapes
         self.num_classes = self.synapses[-1].out_features
 
+    def forward(self, x: Tensor, steps: int | None = None) -> Tensor:
+        """Logits after `steps` (default `free_steps`) free steps from zero, explicit dynamics.
+
+        Under torch.no_grad it keeps no graph; with autograd on it is differentiable in x
+        through the unrolled steps (the gradient an attack needs).
+        """
+        return self.logits(free_phase(self, x, self.free_steps if steps is None else steps))
+
     def init_states(self, x: Tensor) -> States:
-        return [x.new_zeros(x.shape[0], *shape).contiguous(memory_format=_layout(shape))
-                for shape in self.state_shapes]
+        return [n.init(x.new_zeros(x.shape[0], *shape).contiguous(memory_format=_layout(shape)))
+                for n, shape in zip(self.neurons, self.state_shapes)]
+
+    def visible(self, s: States) -> list[Tensor]:
+        """The tensors the synapses see: each layer's state without its hidden variables."""
+        if not self.hidden_states:
+            return s
+        return [t[0] if isinstance(t, tuple) else t for t in s]
 
     def input_drive(self, x: Tensor) -> Tensor:
         """Bottom-up drive of the first layer: constant while x is clamped, so computed once."""
         return self.synapses[0].up(x)[0]
 
     def one_hot(self, y: Tensor, like: Tensor) -> Tensor:
-        """The target of the cost: labels as one-hot rows, made once per phase."""
+        """The target of the cost: labels as one-hot rows, made once per batch."""
         return F.one_hot(y, self.num_classes).to(like.dtype)
 
+    def batch(self, x: Tensor, y: Tensor | None = None, beta: float = 0.0) -> Batch:
+        return Batch(x, self.input_drive(x), None if y is None else self.one_hot(y, x), beta)
+
     def logits(self, s: States) -> Tensor:
-        return self.synapses[-1].up(s[-1])[0] if self.softmax else s[-1]
+        last = self.visible(s)[-1]
+        return self.synapses[-1].up(last)[0] if self.softmax else last
 
     def loss(self, s: States, target: Tensor) -> Tensor:
         """Per-sample cost: 1/2 ||out - target||^2 (mse) or cross-entropy (cel)."""
@@ -233,38 +310,39 @@ class EnergyNet(nn.Module):
             return 0.5 * (out - target).pow(2).sum(1)
         return F.cross_entropy(out, target, reduction="none")
 
-    def dloss_dlogits(self, s: States, target: Tensor) -> Tensor:
+    def dloss_dlogits(self, s: list[Tensor], target: Tensor) -> Tensor:
         out = self.logits(s)
         return out - target if self.loss_name == "mse" else out.softmax(1) - target
 
-    def loss_grad(self, s: States, target: Tensor) -> Tensor:
+    def loss_grad(self, s: list[Tensor], target: Tensor) -> Tensor:
         """dL/ds_last per sample, written out so the nudged step needs no autograd."""
         g = self.dloss_dlogits(s, target)
         return self.synapses[-1].down(g, s[-1].shape) if self.softmax else g
 
-    def phi(self, x: Tensor, s: States, target: Tensor | None = None,
-            beta: float | Tensor = 0.0, pre: States | None = None) -> Tensor:
+    def phi(self, batch: Batch, s: States, pre: States | None = None) -> Tensor:
         """The primitive function Phi per sample (the reference the explicit step must match).
 
         `pre` (VF models) holds the pre-synaptic states: each W reads its input from `pre` and
         each B its target, so d/ds of this Phi is the vector field at s when pre equals s, and
         its parameter gradient pairs post-synaptic `s` with pre-synaptic `pre`.
         """
-        pre = s if pre is None else pre
+        s = self.visible(s)
+        pre = s if pre is None else self.visible(pre)
+        x = batch.x
         phi = sum((syn.up(h)[0] * out).flatten(1).sum(1)
                   for syn, h, out in zip(self.energy_synapses, [x] + pre[:-1], s))
         for syn, h, out in zip(self.energy_synapses, [x] + s[:-1], pre):
             if syn.feedback is not None:
                 phi = phi + (syn.feedback_up(h) * out).flatten(1).sum(1)
-        if not _is_zero(beta):
-            phi = phi - _per_sample(beta, phi) * self.loss(s, target)
+        if not _is_zero(batch.beta):
+            phi = phi - _per_sample(batch.beta, phi) * self.loss(s, batch.target)
         return phi
 
-    def param_grads(self, x: Tensor, s: States, target: Tensor | None = None,
-                    beta: float = 0.0, pre: States | None = None) -> list[Tensor]:
+    def param_grads(self, batch: Batch, s: States, pre: States | None = None) -> list[Tensor]:
         """dPhi/dtheta summed over the batch, in parameters() order, without autograd."""
-        pre = s if pre is None else pre
-        grads = []
+        s = self.visible(s)
+        pre = s if pre is None else self.visible(pre)
+        x, grads = batch.x, []
         for syn, h_pre, out, h, out_pre in zip(self.energy_synapses, [x] + pre[:-1], s,
                                                [x] + s[:-1], pre):
             grads += syn.weight_grad(h_pre, out)
@@ -272,11 +350,11 @@ class EnergyNet(nn.Module):
                 grads.append(syn.feedback_grad(h, out_pre))
         if self.softmax:  # the read-out enters Phi only through -beta * L
             readout = self.synapses[-1]
-            if _is_zero(beta):
+            if _is_zero(batch.beta):
                 grads += [torch.zeros_like(p) for p in readout.parameters()]
             else:
-                g_logits = self.dloss_dlogits(s, target)
-                grads += [-beta * g for g in readout.weight_grad(s[-1], g_logits)]
+                g_logits = self.dloss_dlogits(s, batch.target)
+                grads += [-batch.beta * g for g in readout.weight_grad(s[-1], g_logits)]
         return grads
 
     @property
@@ -293,34 +371,33 @@ class EnergyNet(nn.Module):
                 angles[f"angle_{k}"] = math.degrees(math.acos(cos.clamp(-1, 1).item()))
         return angles
 
-    def step(self, drive: Tensor, s: States, target: Tensor | None = None,
-             beta: float | Tensor = 0.0) -> States:
+    def step(self, batch: Batch, s: States) -> States:
         """One synchronous step s_k <- act(dPhi/ds_k), from explicit local terms."""
-        return [act(a) for act, a in zip(self.acts, self.field(drive, s, target, beta))]
+        fields = self.field(batch, self.visible(s))
+        return [n.update(a, old) for n, a, old in zip(self.neurons, fields, s)]
 
-    def field(self, drive: Tensor, s: States, target: Tensor | None = None,
-              beta: float | Tensor = 0.0) -> States:
+    def field(self, batch: Batch, s: list[Tensor]) -> list[Tensor]:
         """dPhi/ds_k for every layer (each layer's pre-activation), from local terms."""
-        ups, ctxs, inner = [drive], [None], self.energy_synapses[1:]
+        ups, ctxs, inner = [batch.drive], [None], self.energy_synapses[1:]
         for syn, h in zip(inner, s[:-1]):
             out, ctx = syn.up(h)
             ups.append(out)
             ctxs.append(ctx)
         grads = [syn.down(top, ctx, up) for up, syn, top, ctx in zip(ups, inner, s[1:], ctxs[1:])]
-        last = ups[-1]
+        last, beta = ups[-1], batch.beta
         if isinstance(beta, Tensor):
-            g = self.loss_grad(s, target)
+            g = self.loss_grad(s, batch.target)
             last = last - _per_sample(beta, g) * g
         elif beta != 0:
-            last = last.add(self.loss_grad(s, target), alpha=-beta)
+            last = last.add(self.loss_grad(s, batch.target), alpha=-beta)
         grads.append(last)
         return grads
 
     def feedforward(self, x: Tensor) -> States:
         """One bottom-up pass through the same layers, no recurrence (the BP baseline)."""
         s, h = [], x
-        for syn, act in zip(self.energy_synapses, self.acts):
-            h = act(syn.up(h)[0])
+        for syn, n in zip(self.energy_synapses, self.neurons):
+            h = n.act(syn.up(h)[0])
             s.append(h)
         return s
 
@@ -340,6 +417,149 @@ def _per_sample(beta: float | Tensor, like: Tensor) -> float | Tensor:
     return beta
 
 
+
+# ---- dynamics: relaxing the states towards a fixed point (free and nudged phases) -----------
+
+def autograd_step(model: EnergyNet, batch: Batch, s: States) -> States:
+    """Reference step s_k <- act(dPhi/ds_k) by autograd; keeps the graph when grad mode is on.
+
+    A VF model differentiates Phi(post=s, pre=s) in `post` only (the other layers held
+    fixed); `post` are fresh graph nodes on top of s so BPTT still flows through both.
+    """
+    keep_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        leaves = [t if t.requires_grad else t.detach().requires_grad_()
+                  for t in model.visible(s)]
+        if model.has_feedback:
+            post = [t.view_as(t) for t in leaves]
+            phi = model.phi(batch, post, pre=leaves)
+        else:
+            post, phi = leaves, model.phi(batch, leaves)
+        grads = torch.autograd.grad(phi.sum(), post, create_graph=keep_graph)
+    return [n.update(g, old) for n, g, old in zip(model.neurons, grads, s)]
+
+
+def relax(model: EnergyNet, batch: Batch, s: States, steps: int, explicit: bool = True) -> States:
+    """`steps` synchronous steps of the dynamics from states `s`, with batch.x clamped and the
+    output nudged by batch.beta; explicit local terms, or the autograd reference."""
+    for _ in range(steps):
+        s = model.step(batch, s) if explicit else autograd_step(model, batch, s)
+    return s
+
+
+def free_phase(model: EnergyNet, x: Tensor, steps: int, explicit: bool = True) -> States:
+    """`steps` free steps (beta = 0) from zero states: the network's prediction."""
+    return relax(model, model.batch(x), model.init_states(x), steps, explicit)
+
+
+# ---- gradient estimators: EP (one-sided, random-sign, symmetric), BPTT, feed-forward BP ------
+# Each writes the batch-mean parameter gradients into .grad and returns the free states, whose
+# read-out gives the running training accuracy.
+
+@dataclass(frozen=True)
+class Phases:
+    T1: int
+    T2: int
+    beta1: float = 0.0
+    beta2: float = 0.1
+    thirdphase: bool = False
+    explicit: bool = True
+    same_update: bool = False  # VF models: W and its B both get the mean of their updates
+
+
+def write_grads(model: EnergyNet, grads: list[Tensor]) -> None:
+    """.grad <- grads, each in its parameter's memory layout: a fused optimizer pairs the two
+    by memory position, so a channels-last conv gradient would be applied scrambled."""
+    for p, g in zip(model.parameters(), grads, strict=True):
+        p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
+
+
+def energy_gradients(model: EnergyNet, batch: Batch, s_a: States, beta_a: float, s_b: States,
+                     beta_b: float, explicit: bool = True,
+                     pre: States | None = None) -> list[Tensor]:
+    """-(dPhi/dtheta(s_b, beta_b) - dPhi/dtheta(s_a, beta_a)) / (beta_b - beta_a), batch mean.
+
+    Explicit local products, or autograd of Phi (the reference). `pre`: the pre-synaptic
+    states of a VF update (see EnergyNet.phi).
+    """
+    a, b = batch.nudged(beta_a), batch.nudged(beta_b)
+    if explicit:
+        with torch.no_grad():
+            scale = 1.0 / ((beta_b - beta_a) * batch.x.shape[0])
+            return [(ga - gb).mul_(scale) for ga, gb in zip(model.param_grads(a, s_a, pre),
+                                                              model.param_grads(b, s_b, pre))]
+    with torch.enable_grad():
+        delta = model.phi(b, s_b, pre).mean() - model.phi(a, s_a, pre).mean()
+        return list(torch.autograd.grad(delta / (beta_a - beta_b), list(model.parameters()),
+                                        materialize_grads=True))
+
+
+def share_feedback_updates(model: EnergyNet, updates: list[Tensor]) -> None:
+    """--same-update: each W and its B both get the mean of their two updates (in place)."""
+    by_param = dict(zip(model.parameters(), updates, strict=True))
+    for syn in model.synapses:
+        if syn.feedback is not None:
+            w, b = by_param[syn.weight], by_param[syn.feedback]
+            w.add_(b).mul_(0.5)
+            b.copy_(w)
+
+
+def update_rule_pre(model: EnergyNet, same_update: bool, s_free: States) -> States | None:
+    """VF default rule: nudged post-synaptic change times free pre-synaptic states."""
+    return s_free if model.has_feedback and not same_update else None
+
+
+def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float = 1.0) -> States:
+    """EP: free phase to s*, nudged phase(s) from s*, then the energy-difference gradient."""
+    beta = sign * ph.beta2
+    with torch.no_grad():
+        batch = model.batch(x, y, ph.beta1)  # the drive once: x is clamped in every phase
+        s_free = relax(model, batch, model.init_states(x), ph.T1, ph.explicit)
+        if ph.thirdphase:  # both nudged phases as one batch of 2B with beta = +beta2, -beta2
+            n = x.shape[0]
+            both = relax(model, batch.stacked(beta), map_states(lambda t: torch.cat([t, t]),
+                                                                s_free), ph.T2, ph.explicit)
+            s_nudged, s_ref = map_states(lambda t: t[:n], both), map_states(lambda t: t[n:], both)
+            beta_ref = -beta
+        else:
+            s_nudged = relax(model, batch.nudged(beta), s_free, ph.T2, ph.explicit)
+            s_ref, beta_ref = s_free, ph.beta1
+    grads = energy_gradients(model, batch, s_ref, beta_ref, s_nudged, beta, ph.explicit,
+                             update_rule_pre(model, ph.same_update, s_free))
+    if ph.same_update:
+        share_feedback_updates(model, grads)
+    write_grads(model, grads)
+    return s_free
+
+
+def bptt_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases) -> States:
+    """BPTT: T1-T2 steps without a graph, T2 steps with one, loss at the last state, backward."""
+    with torch.no_grad():
+        s = relax(model, model.batch(x), model.init_states(x), ph.T1 - ph.T2, ph.explicit)
+    with torch.enable_grad():  # the drive again, now with its graph to W_0
+        batch = model.batch(x, y)
+        s = relax(model, batch, s, ph.T2, ph.explicit)
+        write_grads(model, loss_gradients(model, batch.target, s))
+    return map_states(Tensor.detach, s)
+
+
+def loss_gradients(model: EnergyNet, target: Tensor, s: States) -> list[Tensor]:
+    """d(mean loss at s)/dtheta; zero for weights the loss does not reach (a layer deeper than
+    T2 steps back, or B in a feed-forward pass)."""
+    return list(torch.autograd.grad(model.loss(s, target).mean(), list(model.parameters()),
+                                    materialize_grads=True))
+
+
+def bp_gradients(model: EnergyNet, x: Tensor, y: Tensor) -> States:
+    """Feed-forward backprop through the same layers (no recurrence)."""
+    with torch.enable_grad():
+        s = model.feedforward(x)
+        write_grads(model, loss_gradients(model, model.one_hot(y, x), s))
+    return map_states(Tensor.detach, s)
+
+
+# ---- building the models -----------------------------------------------------------------
+
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, pool: str) -> int:
     size = (size + 2 * padding - kernel) // stride + 1
     return size // 2 if pool in "ma" else size
@@ -353,7 +573,7 @@ def gets_feedback(k: int, n_synapses: int, vf: bool, softmax: bool) -> bool:
 def build_mlp(archi: list[int], act: str, loss: str, softmax: bool,
               vf: bool = False) -> EnergyNet:
     n = len(archi) - 1
-    synapses = [Dense(a, b, gets_feedback(k, n, vf, softmax))
+    synapses = [Dense(a, b, gets_feedback(k, n, vf, softmax), feedback_transposed=True)
                 for k, (a, b) in enumerate(zip(archi[:-1], archi[1:]))]
     return EnergyNet(synapses, (archi[0],), act, loss, softmax)
 

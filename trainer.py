@@ -20,11 +20,10 @@ from tqdm import tqdm
 
 import plots
 from data_utils import Split, batches, num_batches
-from dynamics import free_phase
 from errors import Diverged
-from estimators import Phases, bp_gradients, bptt_gradients, ep_gradients
 from gdu import gdu_check, mean_rmse
-from model_utils import EnergyNet, States
+from model_utils import (EnergyNet, Phases, States, bp_gradients, bptt_gradients, ep_gradients,
+                         free_phase)
 from results import (BEST_MODEL, CHECKPOINT, FINAL_CHECKPOINT, FINAL_MODEL, METRICS,
                      atomic_save, write_metrics)
 

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from dynamics import autograd_step, free_phase, relax
-from estimators import Phases, bp_gradients, bptt_gradients, ep_gradients
-from model_utils import ACTIVATIONS, build_cnn, build_mlp
+from model_utils import (ACTIVATIONS, Phases, autograd_step, bp_gradients, bptt_gradients,
+                         build_cnn, build_mlp, ep_gradients, free_phase, relax)
 
 HEADS = [("mse", False), ("cel", False), ("cel", True)]
 
@@ -18,10 +17,10 @@ def random_states(model, n):
 
 
 def assert_steps_match(model, x, y):
-    s, target = random_states(model, x.shape[0]), model.one_hot(y, x)
+    s, batch = random_states(model, x.shape[0]), model.batch(x, y)
     for beta in (0.0, 0.7, torch.tensor([0.3, -0.2, 0.5, 1.0])):
-        explicit = model.step(model.input_drive(x), s, target, beta)
-        reference = autograd_step(model, x, s, target, beta)
+        explicit = model.step(batch.nudged(beta), s)
+        reference = autograd_step(model, batch.nudged(beta), s)
         for e, r in zip(explicit, reference, strict=True):
             assert (e - r).norm() <= 1e-10 * r.norm()
 
@@ -49,7 +48,7 @@ def test_explicit_dynamics_need_no_autograd():
     with torch.no_grad():
         s = free_phase(model, x, 5)
     assert all(not t.requires_grad for t in s)
-    reference = relax(model, x, model.init_states(x), 5, explicit=False)
+    reference = relax(model, model.batch(x), model.init_states(x), 5, explicit=False)
     for a, b in zip(s, reference, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
@@ -64,7 +63,7 @@ def test_ep_gradient_tends_to_bptt(loss, softmax):
     model = build_mlp([12, 10, 8, 5], "tanh", loss, softmax)
     x, y = torch.randn(16, 12), torch.randint(0, 5, (16,))
     s = free_phase(model, x, 300)
-    assert max((a - b).abs().max() for a, b in zip(s, relax(model, x, s, 1))) < 1e-8
+    assert max((a - b).abs().max() for a, b in zip(s, model.step(model.batch(x), s))) < 1e-8
     bptt_gradients(model, x, y, Phases(T1=300, T2=100))
     g_bptt = flat_grads(model)
 
@@ -119,10 +118,10 @@ def test_param_grads_are_autograd_of_phi(loss, softmax, pools, vf):
         model, x = cnn_with_random_weights(loss, softmax, pools, vf), torch.randn(4, 3, 11, 11)
     s = random_states(model, 4)
     pre = random_states(model, 4) if vf else None  # VF: post- and pre-synaptic states differ
-    target = model.one_hot(torch.randint(0, 10, (4,)), x)
+    batch = model.batch(x, torch.randint(0, 10, (4,)))
     for beta in (0.0, 0.6):
-        explicit = model.param_grads(x, s, target, beta, pre)
-        reference = torch.autograd.grad(model.phi(x, s, target, beta, pre).sum(),
+        explicit = model.param_grads(batch.nudged(beta), s, pre)
+        reference = torch.autograd.grad(model.phi(batch.nudged(beta), s, pre).sum(),
                                         list(model.parameters()), allow_unused=True)
         for (name, _), e, r in zip(model.named_parameters(), explicit, reference, strict=True):
             r = torch.zeros_like(e) if r is None else r

@@ -5,10 +5,9 @@ import json
 import pytest
 import torch
 
-from estimators import Phases, bptt_gradients, ep_gradients
 from gdu import gdu_check, mean_rmse, update_names
 from helpers import TINY_MLP, cli, metrics, only_run_dir
-from model_utils import build_cnn, build_mlp, scale_init
+from model_utils import Phases, bptt_gradients, build_cnn, build_mlp, ep_gradients, scale_init
 
 
 @pytest.fixture(autouse=True)

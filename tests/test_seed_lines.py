@@ -48,8 +48,8 @@ def test_line_builds_its_model_or_fails_in_one_line(argv, capsys):
     assert model.softmax == args.softmax and model.n_states == len(model.state_shapes)
     x = torch.rand(2, *config.TASKS[args.task][0])
     with torch.no_grad():
-        target = model.one_hot(torch.tensor([1, 2]), x)
-        s = model.step(model.input_drive(x), model.init_states(x), target, args.betas[1])
+        batch = model.batch(x, torch.tensor([1, 2]), args.betas[1])
+        s = model.step(batch, model.init_states(x))
     assert [t.shape[1:] for t in s] == model.state_shapes
     assert model.logits(s).shape == (2, 10)
 

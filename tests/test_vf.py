@@ -3,9 +3,7 @@
 import pytest
 import torch
 
-from dynamics import free_phase, relax
-from estimators import Phases, ep_gradients
-from model_utils import build_cnn, build_mlp
+from model_utils import Phases, build_cnn, build_mlp, ep_gradients, free_phase, relax
 
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -27,7 +25,7 @@ def test_vf_mlp_step_by_hand():
                torch.tanh(s[0] @ W[1].T + b[1] + s[2] @ B[2]),
                torch.tanh(s[1] @ W[2].T + b[2])]
     with torch.no_grad():
-        for a, e in zip(model.step(model.input_drive(x), s), by_hand, strict=True):
+        for a, e in zip(model.step(model.batch(x), s), by_hand, strict=True):
             torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
 
 
@@ -36,7 +34,7 @@ def test_vf_default_update_pairs_nudged_post_with_free_pre():
     x, y, beta = torch.randn(8, 6), torch.randint(0, 3, (8,)), 0.3
     ep_gradients(model, x, y, Phases(40, 15, 0.0, beta))
     s = free_phase(model, x, 40)
-    s_b = relax(model, x, s, 15, y, beta)
+    s_b = relax(model, model.batch(x, y, beta), s, 15)
     layers, nudged = [x] + s, [x] + s_b
     for k, syn in enumerate(model.synapses):
         post_change = nudged[k + 1] - layers[k + 1]
@@ -72,7 +70,7 @@ def test_vf_with_b_equal_w_is_the_symmetric_model(kind):
     sym, vf, x = twin_models(kind)
     copy_into_vf(sym, vf)
     y = torch.randint(0, 3, (8,))
-    for model_pair_states in zip(*(relax(m, x, free_phase(m, x, 12), 6, y, 0.5)
+    for model_pair_states in zip(*(relax(m, m.batch(x, y, 0.5), free_phase(m, x, 12), 6)
                                    for m in (sym, vf))):
         torch.testing.assert_close(*model_pair_states, rtol=1e-12, atol=1e-12)
     ph = Phases(12, 6, 0.0, 0.5, thirdphase=True, same_update=True)
@@ -93,7 +91,8 @@ def test_vf_default_update_with_b_equal_w_splits_the_symmetric_update():
     ep_gradients(sym, x, y, Phases(40, 20, 0.0, beta))
     ep_gradients(vf, x, y, Phases(40, 20, 0.0, beta))
     s = free_phase(sym, x, 40)
-    change = [torch.zeros_like(x)] + [b - a for a, b in zip(s, relax(sym, x, s, 20, y, beta))]
+    s_b = relax(sym, sym.batch(x, y, beta), s, 20)
+    change = [torch.zeros_like(x)] + [b - a for a, b in zip(s, s_b)]
     for k, (s_syn, v_syn) in enumerate(zip(sym.synapses, vf.synapses, strict=True)):
         together = v_syn.weight.grad + (0 if v_syn.feedback is None else v_syn.feedback.grad)
         second_order = -change[k + 1].T @ change[k] / (8 * beta)
