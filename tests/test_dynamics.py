@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from model_utils import (ACTIVATIONS, Phases, autograd_step, bp_gradients, bptt_gradients,
-                         build_cnn, build_mlp, ep_gradients, free_phase, relax)
+from model_utils import (ACTIVATIONS, EnergyNet, Neurons, Phases, autograd_step, bp_gradients,
+                         bptt_gradients, build_cnn, build_mlp, ep_gradients, free_phase, relax,
+                         scale_init)
 
 HEADS = [("mse", False), ("cel", False), ("cel", True)]
 
@@ -42,13 +43,21 @@ def test_cnn_step_is_autograd_of_phi(loss, softmax, pools, vf):
     assert_steps_match(model, torch.randn(4, 3, 11, 11), torch.randint(0, 10, (4,)))
 
 
-def test_explicit_dynamics_need_no_autograd():
+def test_explicit_dynamics_need_no_autograd(monkeypatch):
+    """The free phase and a whole EP batch run with autograd off and never call it; the states
+    equal the autograd reference's."""
     model = build_cnn((1, 12, 12), [3], [3], [1], [1], "m", [10], "hard_sigmoid", "mse", False)
-    x = torch.rand(2, 1, 12, 12)
+    x, y = torch.rand(2, 1, 12, 12), torch.tensor([1, 7])
+    reference = relax(model, model.batch(x), model.init_states(x), 5, explicit=False)
+
+    def no_autograd(*args, **kwargs):
+        raise AssertionError("autograd called")
+
+    monkeypatch.setattr(torch.autograd, "grad", no_autograd)
+    monkeypatch.setattr(torch.Tensor, "backward", no_autograd)
     with torch.no_grad():
         s = free_phase(model, x, 5)
-    assert all(not t.requires_grad for t in s)
-    reference = relax(model, model.batch(x), model.init_states(x), 5, explicit=False)
+    ep_gradients(model, x, y, Phases(5, 2, 0.0, 0.5, thirdphase=True))
     for a, b in zip(s, reference, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
@@ -153,7 +162,6 @@ def test_bptt_through_explicit_steps_equals_bptt_through_autograd(loss, softmax,
 
 
 def test_scale_multiplies_the_default_init():
-    from model_utils import scale_init
     torch.manual_seed(1)
     reference = build_mlp([6, 5, 3], "tanh", "mse", False)
     torch.manual_seed(1)
@@ -161,3 +169,67 @@ def test_scale_multiplies_the_default_init():
     scale_init(scaled, 0.25)
     for a, b in zip(reference.parameters(), scaled.parameters(), strict=True):
         torch.testing.assert_close(0.25 * a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("build", ["mlp", "cnn"])
+def test_forward_is_the_free_phase_and_differentiable_in_x(build):
+    """forward(x): logits after T free steps; with autograd on, d(loss)/dx through the unrolled
+    steps equals a central finite difference (what an attack library calls)."""
+    if build == "mlp":
+        model, x = build_mlp([12, 10, 5], "tanh", "cel", True), torch.randn(3, 12)
+    else:
+        model, x = cnn_with_random_weights("mse", False, "ma"), torch.randn(3, 3, 11, 11)
+        scale_init(model, 0.3)
+    model.free_steps = 7
+    with torch.no_grad():
+        logits = model(x)
+    assert not logits.requires_grad
+    torch.testing.assert_close(logits, model.logits(free_phase(model, x, 7)), rtol=0, atol=0)
+    y = torch.tensor([0, 3, 4])
+    x = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), y), x)
+    direction = torch.randn_like(x)
+    h = 1e-6
+    with torch.no_grad():
+        plus, minus = (torch.nn.functional.cross_entropy(model(x + h * direction), y)
+                       for h in (h, -h))
+    torch.testing.assert_close((grad * direction).sum(), (plus - minus) / (2e-6), rtol=1e-6,
+                               atol=1e-9)
+    assert grad.abs().sum() > 0
+
+
+class LeakyNeurons(Neurons):
+    """A layer with a hidden potential u: u <- u + (field - u) / 2, visible state tanh(u)."""
+
+    def init(self, zeros):
+        return zeros, zeros.clone()
+
+    def update(self, field, state):
+        u = state[1] + (field - state[1]) / 2
+        return torch.tanh(u), u
+
+
+def test_a_layer_state_may_carry_hidden_tensors():
+    """Layer 1 keeps (s, u): the dynamics, EP (stacked symmetric phases) and BPTT carry u, and
+    the other layers stay plain tensors."""
+    plain = build_mlp([6, 5, 4], "tanh", "mse", False)
+    model = EnergyNet(list(plain.synapses), (6,), "tanh", "mse", False,
+                      neurons=[LeakyNeurons(torch.tanh), Neurons(torch.tanh)])
+    x, y = torch.randn(3, 6), torch.tensor([0, 1, 3])
+    s = free_phase(model, x, 4)
+    assert isinstance(s[0], tuple) and isinstance(s[1], torch.Tensor)
+    W, b = [syn.weight for syn in plain.synapses], [syn.bias for syn in plain.synapses]
+    h, u, out = torch.zeros(3, 5), torch.zeros(3, 5), torch.zeros(3, 4)
+    for _ in range(4):  # the same dynamics written out
+        field = x @ W[0].T + b[0] + out @ W[1]
+        u = u + (field - u) / 2
+        h, out = torch.tanh(u), torch.tanh(h @ W[1].T + b[1])
+    torch.testing.assert_close(s[0][0], h, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s[0][1], u, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s[1], out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(model(x, steps=4), out, rtol=0, atol=0)
+    for estimator in (lambda: ep_gradients(model, x, y, Phases(4, 3, 0.0, 0.5, True)),
+                      lambda: bptt_gradients(model, x, y, Phases(4, 3))):
+        s_free = estimator()
+        assert isinstance(s_free[0], tuple) and len(s_free[0]) == 2
+        assert all(p.grad.abs().sum() > 0 for p in model.parameters())

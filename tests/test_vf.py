@@ -127,3 +127,17 @@ def test_angles_between_b_and_w():
     assert angles["angle_2"] == pytest.approx(0, abs=1e-5)
     assert angles["angle_3"] == pytest.approx(180, abs=1e-5)
     assert build_mlp([6, 5, 3], "tanh", "mse", False).feedback_angles() == {}
+
+
+def test_vfmlp_feedback_init_is_the_published_transposed_layer():
+    """The published VFMLP builds B as a layer from the upper to the lower layer, so its
+    default init bound is 1/sqrt(upper size); VFCNN's B is initialised like its W."""
+    model = build_mlp([784, 512, 10], "mysig", "mse", False, vf=True)
+    top = model.synapses[1].feedback
+    assert top.shape == (10, 512)
+    assert 0.9 / 10 ** 0.5 < top.abs().max() <= 1 / 10 ** 0.5  # 7x W's own bound 1/sqrt(512)
+    cnn = build_cnn((1, 28, 28), [4, 8], [5, 5], [1, 1], [0, 0], "mm", [10], "tanh", "mse",
+                    False, vf=True)
+    conv_b, fc_b = cnn.synapses[1].feedback, cnn.synapses[2].feedback
+    assert 0.9 / 100 ** 0.5 < conv_b.abs().max() <= 1 / 100 ** 0.5  # fan-in 4 x 5 x 5
+    assert 0.9 / 128 ** 0.5 < fc_b.abs().max() <= 1 / 128 ** 0.5

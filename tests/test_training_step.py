@@ -1,0 +1,79 @@
+"""The whole training step: weights after several batches of Trainer.fit equal a plain loop.
+
+The reference builds the same per-layer groups on torch.optim's simplest (for-loop) optimizer
+and hands it contiguous gradients; the trainer's fused optimizer must end at the same weights.
+(A fused kernel once paired channels-last conv gradients with their weights by memory
+position: every batch's gradients were right and the weights drifted.)
+"""
+
+import copy
+
+import pytest
+import torch
+
+import config
+import main
+from data_utils import Split
+from model_utils import Phases, bp_gradients, bptt_gradients, ep_gradients
+from trainer import Trainer
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+ARCHS = {  # flags, number of weight layers
+    "MLP": (["--archi", "784", "24", "10"], 2),
+    "VFMLP": (["--archi", "784", "24", "16", "10"], 3),
+    "CNN": (["--channels", "4", "6", "--kernels", "5", "3", "--pools", "ma", "--fc", "10"], 3),
+    "VFCNN": (["--channels", "4", "6", "--kernels", "5", "3", "--pools", "mm", "--fc", "10"], 3),
+}
+OPTIMS = {"sgd": ["--optim", "sgd", "--mmt", "0.9"], "adam": ["--optim", "adam"]}
+CASES = [(m, o, a) for m in ARCHS for o in OPTIMS for a in ("EP", "BPTT", "BP")
+         if not (m.startswith("VF") and a == "BP")]
+
+
+def plain_loop(model, args, data, n_batches):
+    """The same batches through the estimators and a for-loop torch.optim on contiguous .grad."""
+    groups = [{"params": list(syn.parameters()), "lr": lr, "weight_decay": wd}
+              for syn, lr, wd in zip(model.synapses, args.lrs, args.wds)]
+    if args.optim == "sgd":
+        optimizer = torch.optim.SGD(groups, momentum=args.mmt, foreach=False)
+    else:
+        optimizer = torch.optim.Adam(groups, foreach=False)
+    gen = torch.Generator(device=data.x.device).manual_seed(args.seed)
+    perm = torch.randperm(len(data), generator=gen, device=data.x.device)
+    ph = Phases(args.T1, args.T2, *args.betas, args.thirdphase)
+    for b in range(n_batches):
+        idx = perm[b * args.mbs:(b + 1) * args.mbs]
+        x, y = data.x[idx], data.y[idx]
+        if args.alg == "EP":
+            ep_gradients(model, x, y, ph)
+        elif args.alg == "BPTT":
+            bptt_gradients(model, x, y, ph)
+        else:
+            bp_gradients(model, x, y)
+        for p in model.parameters():
+            p.grad = p.grad.contiguous()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("model_name,optim,alg", CASES, ids=["-".join(c) for c in CASES])
+def test_weights_after_training_equal_a_plain_optimizer_loop(model_name, optim, alg, device,
+                                                              float64):
+    arch, n_layers = ARCHS[model_name]
+    argv = (["--model", model_name, "--alg", alg, "--T1", "6", "--T2", "3", "--mbs", "8"]
+            + ["--lrs"] + ["0.05"] * n_layers + ["--wds"] + ["1e-3"] * n_layers
+            + arch + OPTIMS[optim] + (["--thirdphase"] if alg == "EP" else []))
+    args, typed = main.parse(argv)
+    config.validate(args, typed)
+    model = config.build_model(args).to(device)
+    with torch.no_grad():  # large enough weights that every layer's update matters
+        for p in model.parameters():
+            p.mul_(3)
+    reference, initial = copy.deepcopy(model), copy.deepcopy(model.state_dict())
+    data = Split(torch.rand(32, 1, 28, 28, device=device), torch.arange(32, device=device) % 10)
+    trainer = Trainer(model, data, data, args, None)
+    assert trainer.fit(1)
+    plain_loop(reference, args, data, n_batches=4)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert p.stride() == q.stride(), name
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-10)  # the bug: 1e-2
+        assert not torch.equal(p, initial[name]), name  # every weight took steps
