@@ -25,8 +25,8 @@ ATTACK_FLAGS = ("eps", "image_print", "attack_step", "predict_step", "train_atta
 LCA_FLAGS = ("n_feats", "lca_lambda", "tau", "eta", "lca_stride", "lca_iters", "dict_loss")
 # what a saved run fixes (its architecture, and the optimizer its checkpoint holds): typed
 # values of these are ignored when loading it; the others (T1, betas, mbs, ...) may change
-SAVED_KEYS = (("model", "task", "archi", "scale") + CONV_FLAGS + ("act", "loss", "softmax")
-              + ("alg", "optim", "lrs", "wds", "mmt", "lr_decay", "seed"))
+ARCHITECTURE_KEYS = ("model", "task", "archi") + CONV_FLAGS + ("act", "loss", "softmax")
+SAVED_KEYS = ARCHITECTURE_KEYS + ("scale", "alg", "optim", "lrs", "wds", "mmt", "lr_decay", "seed")
 CONV_FILL = {"kernels": 5, "strides": 1, "paddings": 0, "pools": "m"}
 
 
@@ -52,6 +52,11 @@ def merge_saved(args: Namespace, typed: set[str], saved: dict) -> Namespace:
             print(f"notice: {flag(key)} ignored: the saved run's value {value!r} is used")
         merged[key] = value
     return Namespace(**merged)
+
+
+def differing_flags(saved: dict, args: Namespace) -> list[str]:
+    """The architecture flags whose value differs between a saved run and `args`."""
+    return [flag(k) for k in ARCHITECTURE_KEYS if k in saved and saved[k] != getattr(args, k)]
 
 
 def fill_defaults(args: Namespace) -> None:
@@ -107,6 +112,8 @@ def validate(args: Namespace, typed: set[str]) -> None:
                 raise UsageError(f"{flag(dest)} only applies with --alg EP (not {args.alg})")
     if args.softmax and args.loss != "cel":
         raise UsageError("--softmax needs --loss cel: the read-out is trained with cross-entropy")
+    if args.todo == "evaluate" and not args.load_path:
+        raise UsageError("--todo evaluate needs --load-path DIR (a results folder with model.pt)")
     check_vf_and_gdu(args, typed)
     check_steps(args)
     fill_defaults(args)

@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,10 +19,11 @@ import plots
 from data_utils import load_task
 from errors import Diverged, UsageError
 from gdu import gdu_check, gdu_report
-from model_utils import count_parameters, describe
+from data_utils import Split
+from model_utils import EnergyNet, count_parameters, describe
 from results import (BEST_MODEL, GDU_METRICS, HYPERPARAMETERS, append_text, atomic_write_text,
-                     find_checkpoint, load_checked, new_run_dir)
-from trainer import Trainer, evaluate
+                     load_checked, load_run, load_weights, new_run_dir)
+from trainer import Trainer, evaluate_split
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -34,6 +37,12 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # "-1e-3", "-inf" are numbers, not flags (argparse's own pattern misses exponents)
+        self._negative_number_matcher = re.compile(
+            r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
     def error(self, message: str) -> None:
         """One line, exit code 2 (argparse's own errors included)."""
         raise UsageError(message)
@@ -154,80 +163,94 @@ def pick_device(index: int | None) -> torch.device:
     return torch.device("cpu")
 
 
-def run(argv: list[str]) -> int:
-    args, typed = parse(argv)
-    config.check_available(args, typed)
-    ckpt = None
-    if args.load_path:
-        ckpt = load_checked(find_checkpoint(args.load_path))
-        args = config.merge_saved(args, typed, ckpt["args"])
-    config.validate(args, typed)
-    device = pick_device(args.device)
-    torch.manual_seed(args.seed)
-    model = config.build_model(args).to(device)
-    train, test = load_task(args.task, args.data_dir, device)
-    if args.todo == "evaluate":
-        return run_evaluate(model, train, test, args)
-    if args.todo == "gducheck":
-        return run_gducheck(model, train, args, argv)
-    return run_train(model, train, test, args, ckpt, argv)
+@dataclass
+class Job:
+    """What every --todo gets: the checked arguments, the model, the data, a loaded checkpoint."""
+    args: argparse.Namespace
+    typed: set[str]
+    argv: list[str]
+    model: EnergyNet
+    train: Split
+    test: Split
+    checkpoint: dict | None
 
 
-def run_train(model, train, test, args, ckpt, argv) -> int:
+def train(job: Job) -> int:
+    """Train (or resume --load-path) until the run's total epochs are done."""
+    args, ckpt = job.args, job.checkpoint
     run_dir = Path(args.load_path) if args.load_path else None
     if run_dir is None and args.save:
         run_dir = new_run_dir(args.results_dir, args.alg, args.loss)
-        atomic_write_text(run_dir / HYPERPARAMETERS, config.hyperparameters_text(args, argv,
-                                                                                describe(model)))
-    trainer = Trainer(model, train, test, args, run_dir)
+        atomic_write_text(run_dir / HYPERPARAMETERS,
+                          config.hyperparameters_text(args, job.argv, describe(job.model)))
+    trainer = Trainer(job.model, job.train, job.test, args, run_dir)
     if ckpt is not None:
-        trainer.load_state_dict(ckpt)
+        trainer.load_state_dict(ckpt, f"--load-path {run_dir}: its checkpoint")
+        # --epochs N on resume: N more; without it: the saved run's total
+        if "epochs" in job.typed:
+            args.epochs += trainer.epoch
         append_text(run_dir / HYPERPARAMETERS, f"\nresumed after epoch {trainer.epoch}: "
-                    f"python main.py {shlex.join(argv)}\n")
-    print(f"{args.alg} training of {args.model} on {args.task} ({len(train)} train / "
-          f"{len(test)} test), {count_parameters(model):,} parameters, "
-          f"device {train.x.device}" + (f", results in {run_dir}" if run_dir else
-                                        " (no --save: nothing written)"))
+                    f"python main.py {shlex.join(job.argv)}\n")
+        trainer.rebuild_outputs()
+        if trainer.epoch >= args.epochs and trainer.cursor is None:
+            print(f"{run_dir}: all {args.epochs} epochs are done; give --epochs N to train N "
+                  "more")
+    print(f"{args.alg} training of {args.model} on {args.task} ({len(job.train)} train / "
+          f"{len(job.test)} test), {count_parameters(job.model):,} parameters, "
+          f"device {job.train.x.device}" + (f", results in {run_dir}" if run_dir else
+                                            " (no --save: nothing written)"))
     if trainer.fit(args.epochs):
         return 0
-    remaining = args.epochs - (trainer.epoch - (ckpt["epoch"] if ckpt else 0))
     if run_dir is None:
         print("stopped (nothing saved: run with --save to be able to resume)")
     else:
-        print(f"stopped; checkpoint saved. Resume with:\n  python main.py --todo train "
-              f"--load-path {shlex.quote(str(run_dir))} --epochs {remaining}")
+        print(f"stopped after {trainer.epoch} of {args.epochs} epochs; checkpoint saved. "
+              f"Resume with:\n  python main.py --todo train --load-path "
+              f"{shlex.quote(str(run_dir))}")
     return 130
 
 
-def load_best(model, args) -> dict:
-    """The best weights of the --load-path run (model.pt) into `model`."""
-    best = load_checked(Path(args.load_path) / BEST_MODEL)
-    model.load_state_dict(best["model"])
+def load_best(job: Job) -> dict:
+    """The best weights of the --load-path run (model.pt) into the model."""
+    args = job.args
+    if job.checkpoint.get("published"):  # its model.pt is a pickle: the checkpoint's weights
+        return {"epoch": job.checkpoint["epoch"]}
+    path = Path(args.load_path) / BEST_MODEL
+    best = load_checked(path)
+    saved = best.get("args") if isinstance(best, dict) else None
+    load_weights(job.model, best, f"--load-path {args.load_path}: {BEST_MODEL}",
+                 config.differing_flags(saved, args) if isinstance(saved, dict) else [])
     return best
 
 
-def run_evaluate(model, train, test, args) -> int:
-    if not args.load_path:
-        raise UsageError("--todo evaluate needs --load-path DIR (a results folder with model.pt)")
-    best = load_best(model, args)
+def evaluate(job: Job) -> int:
+    """Train and test accuracy of the --load-path run's best model, appended to its
+    hyperparameters.txt."""
+    args = job.args
+    best = load_best(job)
     explicit = args.dynamics == "explicit"
-    train_acc, _ = evaluate(model, train, args.alg, args.T1, explicit, args.mbs)
-    test_acc, _ = evaluate(model, test, args.alg, args.T1, explicit, args.mbs)
+    train_acc, _ = evaluate_split(job.model, job.train, args.alg, args.T1, explicit, args.mbs)
+    test_acc, _ = evaluate_split(job.model, job.test, args.alg, args.T1, explicit, args.mbs)
     line = (f"evaluate {BEST_MODEL} (epoch {best['epoch']}, T1 {args.T1}): train accuracy "
             f"{train_acc:.2f}%, test accuracy {test_acc:.2f}%")
     print(line)
-    append_text(Path(args.load_path) / HYPERPARAMETERS, f"\n{line}\n")
+    try:
+        append_text(Path(args.load_path) / HYPERPARAMETERS, f"\n{line}\n")
+    except OSError as e:
+        raise UsageError(f"--load-path {args.load_path}: could not append the accuracies to "
+                         f"{HYPERPARAMETERS} ({e.strerror}); they are printed above") from None
     return 0
 
 
-def run_gducheck(model, train, args, argv) -> int:
+def gducheck(job: Job) -> int:
     """EP's step-by-step updates vs BPTT's gradients on --mbs training samples."""
+    args, data = job.args, job.train
     origin = "fresh (seeded) weights"
     if args.load_path:
-        origin = f"{BEST_MODEL} of {args.load_path} (epoch {load_best(model, args)['epoch']})"
-    gen = torch.Generator(device=train.x.device).manual_seed(args.seed)
-    pick = torch.randperm(len(train), generator=gen, device=train.x.device)[:args.mbs]
-    result = gdu_check(model, train.x[pick], train.y[pick], args.T1, args.T2, args.betas[1],
+        origin = f"{BEST_MODEL} of {args.load_path} (epoch {load_best(job)['epoch']})"
+    gen = torch.Generator(device=data.x.device).manual_seed(args.seed)
+    pick = torch.randperm(len(data), generator=gen, device=data.x.device)[:args.mbs]
+    result = gdu_check(job.model, data.x[pick], data.y[pick], args.T1, args.T2, args.betas[1],
                        args.thirdphase, args.same_update)
     settings = {"model": args.model, "task": args.task, "loss": args.loss, "act": args.act,
                 "softmax": args.softmax, "T1": args.T1, "T2": args.T2, "beta": args.betas[1],
@@ -240,13 +263,33 @@ def run_gducheck(model, train, args, argv) -> int:
     run_dir = Path(args.load_path) if args.load_path else new_run_dir(args.results_dir,
                                                                       "gducheck", args.loss)
     if not args.load_path:
-        atomic_write_text(run_dir / HYPERPARAMETERS, config.hyperparameters_text(args, argv,
-                                                                                describe(model)))
+        atomic_write_text(run_dir / HYPERPARAMETERS,
+                          config.hyperparameters_text(args, job.argv, describe(job.model)))
     atomic_write_text(run_dir / GDU_METRICS, report)
     plots.plot_gdu_curves(result, run_dir / "gdu_curves.png", seed=args.seed)
     plots.plot_gdu_rmse(result["metrics"], run_dir / "gdu_rmse.png")
     print(f"written: {run_dir / GDU_METRICS}, gdu_curves.png, gdu_rmse.png")
     return 0
+
+
+TODOS = {"train": train, "evaluate": evaluate, "gducheck": gducheck}
+
+
+def run(argv: list[str]) -> int:
+    """Parse and check everything, load what --load-path names, then run the --todo."""
+    args, typed = parse(argv)
+    config.check_available(args, typed)
+    ckpt = None
+    if args.load_path is not None:
+        ckpt = load_run(args.load_path, args.model)
+        if ckpt["args"] is not None:  # the published code's checkpoints have none
+            args = config.merge_saved(args, typed, ckpt["args"])
+    config.validate(args, typed)
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    model = config.build_model(args).to(device)
+    train_split, test_split = load_task(args.task, args.data_dir, device)
+    return TODOS[args.todo](Job(args, typed, argv, model, train_split, test_split, ckpt))
 
 
 def main(argv: list[str] | None = None) -> int:

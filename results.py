@@ -83,14 +83,97 @@ def load_checked(path: Path, flag: str = "--load-path") -> dict:
 def find_checkpoint(run_dir: str) -> Path:
     """The latest checkpoint in a run folder (checkpoint.tar, else final_checkpoint.tar)."""
     d = Path(run_dir)
-    if not d.is_dir():
-        raise UsageError(f"--load-path {run_dir}: no such folder; give a results folder "
-                         "such as results/EP/mse/2026-01-01/12-00-00")
+    if not run_dir or not d.is_dir():
+        raise UsageError(f"--load-path {run_dir or repr(run_dir)}: no such folder; give a "
+                         "results folder such as results/EP/mse/2026-01-01/12-00-00")
     for name in (CHECKPOINT, FINAL_CHECKPOINT):
         if (d / name).is_file():
             return d / name
+    if (d / HYPERPARAMETERS).is_file():
+        raise UsageError(f"--load-path {run_dir}: this run stopped before its first checkpoint "
+                         "(one is written after each epoch and on Ctrl-C); start it again "
+                         "without --load-path")
     raise UsageError(f"--load-path {run_dir}: no {CHECKPOINT} in that folder; "
                      "give the folder of a run trained with --save")
+
+
+def load_run(run_dir: str, model_name: str) -> dict:
+    """The latest checkpoint of a results folder, ours or the published code's (whose weights
+    get our names; it has no arguments, so the command line must give the architecture)."""
+    path = find_checkpoint(run_dir)
+    ckpt = load_checked(path)
+    where = f"--load-path {run_dir}: {path.name}"
+    if not isinstance(ckpt, dict):
+        raise UsageError(f"{where} holds a {type(ckpt).__name__}, not a checkpoint; "
+                         "give a folder written by main.py --save")
+    if "model_state_dict" in ckpt and "args" not in ckpt:
+        return published_checkpoint(ckpt, model_name, where)
+    for key, kind in (("model", dict), ("args", dict)):
+        if not isinstance(ckpt.get(key), kind):
+            raise UsageError(f"{where} has no saved {'weights' if key == 'model' else key}; "
+                             "give a folder written by main.py --save")
+    return ckpt
+
+
+def published_state(state: dict, model_name: str, where: str) -> dict:
+    """The published code's weight names in ours: B_syn.j (feedback of synapse j+1) becomes
+    synapses.{j+1}.feedback; VFMLP's B is stored there as a layer from above, so transposed."""
+    if not isinstance(state, dict):
+        raise UsageError(f"{where}: model_state_dict is not a dict of weights")
+    out = {}
+    for key, value in state.items():
+        part, index, kind = (key.split(".") + ["", "", ""])[:3]
+        if part not in ("synapses", "B_syn") or not index.isdigit() or kind not in ("weight",
+                                                                                  "bias"):
+            raise UsageError(f"{where}: unknown weight {key!r} in model_state_dict; it was not "
+                             "written by the published EP code")
+        if part == "B_syn":
+            key = f"synapses.{int(index) + 1}.feedback"
+            value = value.t() if model_name == "VFMLP" else value
+        out[key] = value
+    return out
+
+
+def published_checkpoint(ckpt: dict, model_name: str, where: str) -> dict:
+    """A published checkpoint.tar as ours: weights, epoch and accuracy history; its optimizer
+    and scheduler states are mapped when the trainer loads it (see Trainer.load_published)."""
+    epoch = ckpt.get("epoch")
+    if not isinstance(epoch, int) or epoch < 0:
+        raise UsageError(f"{where}: its epoch ({epoch!r}) is damaged; use another run folder")
+    history = {"epoch": list(range(1, epoch + 1))}
+    for key in ("train_acc", "test_acc"):  # percentages, after a placeholder for epoch 0
+        values = ckpt.get(key)
+        values = list(values)[-epoch:] if isinstance(values, list) and epoch else []
+        history[key] = values if len(values) == epoch else [None] * epoch
+    history["train_loss"], history["seconds"] = [None] * epoch, [None] * epoch
+    return {"model": published_state(ckpt["model_state_dict"], model_name, where),
+            "args": None, "epoch": epoch, "history": history,
+            "best_acc": max([a for a in history["test_acc"] if a is not None], default=-1.0),
+            "published": {"optimizer": ckpt.get("opt"), "scheduler": ckpt.get("scheduler")}}
+
+
+def load_weights(model: torch.nn.Module, blob: dict, where: str, differing: list[str]) -> None:
+    """blob["model"] into the model, or one line naming what does not fit.
+
+    `differing`: the architecture flags in which the run that wrote the file and the model
+    built now differ (empty when unknown)."""
+    state, own = blob.get("model") if isinstance(blob, dict) else None, model.state_dict()
+    if not isinstance(state, dict):
+        raise UsageError(f"{where} holds no weights; use another run folder")
+    bad = [k for k in own if k not in state or not hasattr(state[k], "shape")
+           or state[k].shape != own[k].shape] + [k for k in state if k not in own]
+    if bad:
+        k = bad[0]
+        saved = "missing" if k not in state else "x".join(map(str, getattr(state[k], "shape", ())))
+        built = "missing" if k not in own else "x".join(map(str, own[k].shape))
+        hint = (f"the flags {', '.join(differing)} differ from the saved run's: leave them out "
+                "to use the saved architecture" if differing else
+                "give the architecture flags of the run that wrote it")
+        raise UsageError(f"{where} holds another architecture ({k}: {saved} there, {built} in "
+                         f"the model built now); {hint}")
+    if not all(torch.is_floating_point(v) and torch.isfinite(v).all() for v in state.values()):
+        raise UsageError(f"{where} holds non-finite or non-float weights; use another run folder")
+    model.load_state_dict(state)
 
 
 def write_metrics(path: Path, history: dict[str, list]) -> None:

@@ -15,21 +15,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 import plots
 from data_utils import Split, batches, num_batches
-from errors import Diverged
+from errors import Diverged, UsageError
 from gdu import gdu_check, mean_rmse
 from model_utils import (EnergyNet, Phases, States, bp_gradients, bptt_gradients, ep_gradients,
                          free_phase)
 from results import (BEST_MODEL, CHECKPOINT, FINAL_CHECKPOINT, FINAL_MODEL, METRICS,
-                     atomic_save, write_metrics)
+                     atomic_save, load_weights, write_metrics)
 
 EVAL_MBS = 500
 HISTORY_KEYS = ("epoch", "train_acc", "test_acc", "train_loss", "seconds")
 CHECK_THM_SAMPLES = 5
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def make_optimizer(model: EnergyNet, args: Namespace) -> torch.optim.Optimizer:
@@ -49,6 +50,56 @@ def make_scheduler(optimizer: torch.optim.Optimizer, args: Namespace):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=100, eta_min=1e-5)
 
 
+def step_scheduler(scheduler) -> None:
+    """One epoch of the schedule; past T_max the lr stays at its floor (as the published code:
+    a cosine stepped further would climb back up)."""
+    if scheduler is not None and scheduler.last_epoch < scheduler.T_max:
+        scheduler.step()
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Each parameter's saved buffers have its shape (load_state_dict does not check)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if key != "step" and (not isinstance(value, Tensor) or value.shape != p.shape):
+                    raise ValueError(f"a {key} of shape {tuple(getattr(value, 'shape', ()))} "
+                                     f"for a weight of shape {tuple(p.shape)}")
+
+
+def published_order(model: EnergyNet) -> list[nn.Parameter]:
+    """The published code's parameter order: every synapse's (W, b), then every B."""
+    return ([p for syn in model.synapses for p in (syn.weight, syn.bias)]
+            + [syn.feedback for syn in model.synapses if syn.feedback is not None])
+
+
+def published_optimizer(model: EnergyNet, saved: dict | None) -> dict | None:
+    """The published optimizer state (one group per synapse, then one per B) in our groups
+    (one per synapse, B inside); VFMLP's B buffers are transposed like B itself."""
+    if saved is None:
+        return None
+    ours = list(model.parameters())
+    index = {id(p): i for i, p in enumerate(ours)}
+    state = {}
+    for i, p in enumerate(published_order(model)):
+        buffers = saved["state"].get(i)
+        if buffers is not None:
+            state[index[id(p)]] = {k: v.t() if v.dim() == 2 and v.shape != p.shape else v
+                                   for k, v in buffers.items()}
+    groups = [{**{k: v for k, v in group.items() if k != "params"},
+               "params": [index[id(p)] for p in syn.parameters()]}
+              for group, syn in zip(saved["param_groups"], model.synapses, strict=False)]
+    if len(groups) != len(model.synapses):
+        raise ValueError(f"{len(saved['param_groups'])} parameter groups")
+    return {"state": state, "param_groups": groups}
+
+
+def published_scheduler(saved: dict, model: EnergyNet) -> dict:
+    """The published scheduler has an lr per group, B's groups last: keep the synapses'."""
+    n = len(model.synapses)
+    return {k: v[:n] if isinstance(v, list) else v for k, v in saved.items()}
+
+
 def phases_from(args: Namespace) -> Phases:
     return Phases(args.T1, args.T2, args.betas[0], args.betas[1], args.thirdphase,
                   args.dynamics == "explicit", args.same_update)
@@ -61,8 +112,8 @@ def predict(model: EnergyNet, x: Tensor, alg: str, T1: int, explicit: bool = Tru
 
 
 @torch.no_grad()
-def evaluate(model: EnergyNet, data: Split, alg: str, T1: int, explicit: bool = True,
-             mbs: int = EVAL_MBS) -> tuple[float, float]:
+def evaluate_split(model: EnergyNet, data: Split, alg: str, T1: int, explicit: bool = True,
+                   mbs: int = EVAL_MBS) -> tuple[float, float]:
     """Accuracy (%) and mean loss over a whole split."""
     correct, loss = 0.0, 0.0
     for i in range(0, len(data), mbs):
@@ -112,26 +163,78 @@ class Trainer:
             "args": vars(self.args),
         }
 
-    def load_state_dict(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler and ckpt["scheduler"]:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.epoch, self.best_acc, self.history = ckpt["epoch"], ckpt["best_acc"], ckpt["history"]
-        self.gen.set_state(ckpt["gen"])
-        cur = ckpt["cursor"]
-        if cur:
-            cur = Cursor(**{**cur, "perm": cur["perm"].to(self.train.x.device)})
-        self.cursor = cur
+    def load_state_dict(self, ckpt: dict, where: str = "the checkpoint") -> None:
+        """Everything a resume needs, each part checked: one line names what is damaged."""
+        load_weights(self.model, ckpt, where, [])
+        published = ckpt.get("published")
+        part = "training state"
+        try:
+            part = "optimizer state"
+            optimizer = (published_optimizer(self.model, published["optimizer"]) if published
+                         else ckpt["optimizer"])
+            if optimizer is not None:
+                self.optimizer.load_state_dict(optimizer)
+                check_optimizer_state(self.optimizer)
+            part = "scheduler state"
+            scheduler = ckpt["scheduler"] if not published else published["scheduler"]
+            if self.scheduler and scheduler:
+                self.scheduler.load_state_dict(published_scheduler(scheduler, self.model)
+                                               if published else scheduler)
+            part = "epoch and history"
+            self.epoch, self.best_acc = ckpt["epoch"], float(ckpt["best_acc"])
+            self.history = {k: list(v) for k, v in ckpt["history"].items()}
+            if not (isinstance(self.epoch, int) and self.epoch >= 0 and all(
+                    len(self.history[k]) == self.epoch for k in HISTORY_KEYS)):
+                raise ValueError(f"epoch {self.epoch!r} and a history of "
+                                 f"{len(self.history['epoch'])} epochs")
+            part = "data generator state"
+            if not published:
+                self.gen.set_state(ckpt["gen"])
+            part = "position inside the epoch"
+            self.cursor = None if published else self.checked_cursor(ckpt["cursor"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UsageError(f"{where}: its {part} is damaged or belongs to another model "
+                             f"({reason}); use another run folder") from None
+
+    def checked_cursor(self, cur: dict | None) -> Cursor | None:
+        """A mid-epoch position: a permutation of this training set and a count inside it."""
+        if not cur:
+            return None
+        cur = Cursor(**{**cur, "perm": cur["perm"].to(self.train.x.device)})
+        n = len(self.train)
+        if not (cur.perm.shape == (n,) and torch.equal(cur.perm.sort()[0],
+                                                        torch.arange(n, device=cur.perm.device))
+                and isinstance(cur.seen, int) and 0 <= cur.seen <= n):
+            raise ValueError(f"not a position in a training set of {n} samples")
+        return cur
 
     def save(self, name: str) -> None:
         if self.run_dir is not None:
+            self.check_finite_weights()
             atomic_save(self.state_dict(), self.run_dir / name)
 
     def save_model(self, name: str, test_acc: float) -> None:
         if self.run_dir is not None:
+            self.check_finite_weights()
             atomic_save({"model": self.model.state_dict(), "args": vars(self.args),
                          "epoch": self.epoch, "test_acc": test_acc}, self.run_dir / name)
+
+    def check_finite_weights(self) -> None:
+        """Never write a non-finite weight: the files on disk stay the last good ones."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise Diverged(f"NaN or inf in the weights after epoch {self.epoch}: "
+                           "lower --lrs (or --betas)")
+
+    def rebuild_outputs(self) -> None:
+        """metrics.csv and the plots from the checkpoint's history (the checkpoint is the truth:
+        a kill between the two writes must not leave them disagreeing)."""
+        if self.run_dir is None or not self.history["epoch"]:
+            return
+        write_metrics(self.run_dir / METRICS, self.history)
+        plots.plot_accuracy(self.history, self.run_dir / "train-test_acc.png")
+        if self.model.has_feedback:
+            plots.plot_angles(self.history, self.run_dir / "angles.png")
 
     # ---- training ------------------------------------------------------------------------
     def train_batch(self, x: Tensor, y: Tensor) -> States:
@@ -146,8 +249,8 @@ class Trainer:
             return bptt_gradients(self.model, x, y, self.phases)
         return bp_gradients(self.model, x, y)
 
-    def run_epoch(self, total_epochs: int) -> bool:
-        """Train one epoch (or its rest after a resume); False if stopped by Ctrl-C."""
+    def run_epoch(self, total_epochs: int) -> None:
+        """Train one epoch (or its rest after a resume) unless a stop signal comes first."""
         n = len(self.train)
         if self.cursor is None:
             perm = torch.randperm(n, generator=self.gen, device=self.train.x.device)
@@ -163,16 +266,16 @@ class Trainer:
                          self.gen)
         for b, (x, y) in enumerate(stream, done):
             s = self.train_batch(x, y)
-            with torch.no_grad():
-                grad_sum = torch.stack([p.grad.sum() for p in params]).sum()
+            self.optimizer.step()
+            with torch.no_grad():  # one device sync per batch: the stats and a finiteness check
+                weight_sum = torch.stack([p.sum() for p in params]).sum()
                 loss = self.model.loss(s, self.model.one_hot(y, x)).sum()
                 correct = (self.model.logits(s).argmax(1) == y).sum()
-                stats = torch.stack([correct.to(grad_sum), loss.to(grad_sum), grad_sum]).tolist()
+                stats = torch.stack([correct.to(loss), loss, weight_sum.to(loss)]).tolist()
             if not all(map(math.isfinite, stats)):
                 bar.close()
-                raise Diverged(f"NaN or inf in the states or gradients at epoch {self.epoch + 1}, "
-                               f"batch {b + 1}: lower --lrs or --betas")
-            self.optimizer.step()
+                raise Diverged(f"NaN or inf in the states or weights at epoch {self.epoch + 1}, "
+                               f"batch {b + 1}: lower --lrs (or --betas)")
             if self.args.check_thm and b % max(1, num_batches(n, self.args.mbs) // 10) == 0:
                 cur.gdu_rmse.append(self.check_theorem(x, y))
             cur.seen += len(y)
@@ -183,10 +286,8 @@ class Trainer:
             bar.update()
             bar.set_postfix(acc=f"{100 * cur.correct / cur.seen:.2f}%", refresh=False)
             if self.stop_requested:
-                bar.close()
-                return False
+                break
         bar.close()
-        return True
 
     def check_theorem(self, x: Tensor, y: Tensor) -> float:
         """--check-thm: the GDU check on the batch's first samples; its mean normalised RMSE."""
@@ -205,7 +306,8 @@ class Trainer:
     def end_epoch(self) -> None:
         """Evaluate, log, plot and checkpoint after a full epoch."""
         cur, args = self.cursor, self.args
-        test_acc, _ = evaluate(self.model, self.test, args.alg, args.T1, self.phases.explicit)
+        test_acc, _ = evaluate_split(self.model, self.test, args.alg, args.T1,
+                                     self.phases.explicit)
         self.epoch += 1
         row = (self.epoch, 100 * cur.correct / cur.seen, test_acc, cur.loss_sum / cur.seen,
                cur.seconds)
@@ -216,41 +318,43 @@ class Trainer:
         for k, v in self.model.feedback_angles().items():
             self.log(k, v)
         self.cursor = None
-        if self.scheduler:
-            self.scheduler.step()
+        step_scheduler(self.scheduler)
         tqdm.write(f"epoch {self.epoch}: train {row[1]:.2f}%  test {test_acc:.2f}%  "
                    f"loss {row[3]:.4f}  {row[4]:.1f}s")
-        if self.run_dir is None:
-            return
-        write_metrics(self.run_dir / METRICS, self.history)
-        plots.plot_accuracy(self.history, self.run_dir / "train-test_acc.png")
-        plots.plot_activity(self.last_free_states, self.run_dir / "neural_activity.png")
-        if self.model.has_feedback:
-            plots.plot_angles(self.history, self.run_dir / "angles.png")
-        if test_acc > self.best_acc:
+        if test_acc > self.best_acc:  # the best model before the checkpoint that records it
             self.best_acc = test_acc
             self.save_model(BEST_MODEL, test_acc)
         self.save(CHECKPOINT)
+        self.rebuild_outputs()
+        if self.run_dir is not None and self.last_free_states:
+            plots.plot_activity(self.model.visible(self.last_free_states),
+                                self.run_dir / "neural_activity.png")
 
-    def fit(self, epochs: int) -> bool:
-        """Run `epochs` more epochs; False if Ctrl-C stopped it (a checkpoint is saved)."""
-        total = self.epoch + epochs
-        previous = signal.signal(signal.SIGINT, self._on_sigint)
+    def fit(self, total: int) -> bool:
+        """Train until `total` epochs are done; False if Ctrl-C or SIGTERM stopped it (with a
+        checkpoint saved: the interrupted epoch's position, or the epoch it just finished)."""
+        previous = {sig: signal.signal(sig, self._on_stop_signal) for sig in STOP_SIGNALS}
         try:
             while self.epoch < total:
-                if not self.run_epoch(total):
+                self.run_epoch(total)
+                if self.cursor.seen == len(self.train):  # also when stopped in its last batch
+                    self.end_epoch()
+                else:
                     self.save(CHECKPOINT)
+                if self.stop_requested and self.epoch < total:
                     return False
-                self.end_epoch()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         self.save(FINAL_CHECKPOINT)
         self.save_model(FINAL_MODEL, (self.history["test_acc"] or [0.0])[-1])
         return True
 
-    def _on_sigint(self, signum, frame) -> None:
-        """First Ctrl-C: finish the batch, checkpoint, stop. Second: stop at once."""
+    def _on_stop_signal(self, signum, frame) -> None:
+        """First Ctrl-C or SIGTERM (a scheduler's notice): finish the batch, checkpoint, stop.
+        A second one stops at once."""
         if self.stop_requested:
             raise KeyboardInterrupt
         self.stop_requested = True
-        tqdm.write("Ctrl-C: finishing this batch and saving a checkpoint (Ctrl-C again to abort)")
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        tqdm.write(f"{name}: finishing this batch and saving a checkpoint (again to abort)")

@@ -1,6 +1,7 @@
 """Training runs: resume = uninterrupted, Ctrl-C resume, determinism, divergence, quick-start."""
 
 import math
+import signal
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch(tmp_path, capsys, monk
     def interrupted(self, x, y):
         calls["n"] += 1
         if calls["n"] == 27:  # 20 batches an epoch: stop inside the second epoch
-            self._on_sigint(None, None)
+            self._on_stop_signal(signal.SIGINT, None)
         return original(self, x, y)
 
     monkeypatch.setattr(trainer.Trainer, "train_batch", interrupted)
@@ -44,10 +45,10 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch(tmp_path, capsys, monk
     monkeypatch.setattr(trainer.Trainer, "train_batch", original)
     b = only_run_dir(tmp_path / "b")
     assert rc == 130
-    assert f"--load-path {b} --epochs 1" in out
+    assert f"--load-path {b}\n" in out
     ckpt = torch.load(b / "checkpoint.tar", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["cursor"]["seen"] == 7 * 200
-    assert cli(["--todo", "train", "--load-path", b, "--epochs", "1"])[0] == 0
+    assert cli(["--todo", "train", "--load-path", b])[0] == 0
     a = only_run_dir(tmp_path / "a")
     assert_same_weights(weights(a / "final_model.pt"), weights(b / "final_model.pt"))
     assert metrics(a) == metrics(b)
