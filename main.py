@@ -12,18 +12,20 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+try:  # Ctrl-C while torch and friends import: leave quietly
+    import torch
 
-import config
-import plots
-from data_utils import load_task
-from errors import Diverged, UsageError
-from gdu import gdu_check, gdu_report
-from data_utils import Split
-from model_utils import EnergyNet, count_parameters, describe
-from results import (BEST_MODEL, GDU_METRICS, HYPERPARAMETERS, append_text, atomic_write_text,
-                     load_checked, load_run, load_weights, new_run_dir)
-from trainer import Trainer, evaluate_split
+    import config
+    import plots
+    from data_utils import Split, load_task
+    from errors import Diverged, UsageError
+    from gdu import gdu_check, gdu_report
+    from model_utils import EnergyNet, count_parameters, describe
+    from results import (BEST_MODEL, GDU_METRICS, HYPERPARAMETERS, append_text, atomic_write_text,
+                         load_checked, load_run, load_weights, new_run_dir)
+    from trainer import Trainer, evaluate_split
+except KeyboardInterrupt:
+    sys.exit(130)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -214,6 +216,8 @@ def load_best(job: Job) -> dict:
     """The best weights of the --load-path run (model.pt) into the model."""
     args = job.args
     if job.checkpoint.get("published"):  # its model.pt is a pickle: the checkpoint's weights
+        load_weights(job.model, job.checkpoint, f"--load-path {args.load_path}: checkpoint.tar "
+                     "(published layout)", [])
         return {"epoch": job.checkpoint["epoch"]}
     path = Path(args.load_path) / BEST_MODEL
     best = load_checked(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import itertools
 import os
@@ -38,10 +39,21 @@ def new_run_dir(root: str, alg: str, loss: str, now: datetime | None = None) -> 
                              "give a writable folder") from None
 
 
+def file_mode() -> int:
+    """What open() would give under the user's umask (results folders are shared)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file.
+    Temporary files that a killed run left for the same path are removed first."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, file_mode())  # mkstemp's files are private (0600)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -233,7 +233,7 @@ class Trainer:
             return
         write_metrics(self.run_dir / METRICS, self.history)
         plots.plot_accuracy(self.history, self.run_dir / "train-test_acc.png")
-        if self.model.has_feedback:
+        if any(k.startswith("angle_") for k in self.history):
             plots.plot_angles(self.history, self.run_dir / "angles.png")
 
     # ---- training ------------------------------------------------------------------------
@@ -319,12 +319,12 @@ class Trainer:
             self.log(k, v)
         self.cursor = None
         step_scheduler(self.scheduler)
-        tqdm.write(f"epoch {self.epoch}: train {row[1]:.2f}%  test {test_acc:.2f}%  "
-                   f"loss {row[3]:.4f}  {row[4]:.1f}s")
         if test_acc > self.best_acc:  # the best model before the checkpoint that records it
             self.best_acc = test_acc
             self.save_model(BEST_MODEL, test_acc)
         self.save(CHECKPOINT)
+        tqdm.write(f"epoch {self.epoch}: train {row[1]:.2f}%  test {test_acc:.2f}%  "
+                   f"loss {row[3]:.4f}  {row[4]:.1f}s")  # printed once it is safe on disk
         self.rebuild_outputs()
         if self.run_dir is not None and self.last_free_states:
             plots.plot_activity(self.model.visible(self.last_free_states),
