@@ -1,10 +1,11 @@
 """From parsed flags to a checked configuration and the model it describes.
 
-Every check ends with a UsageError whose one line names the flag and the fix.
+Every check ends with a UsageError whose one line names the flag, its value and the fix.
 """
 
 from __future__ import annotations
 
+import math
 import shlex
 from argparse import Namespace
 
@@ -28,6 +29,41 @@ LCA_FLAGS = ("n_feats", "lca_lambda", "tau", "eta", "lca_stride", "lca_iters", "
 ARCHITECTURE_KEYS = ("model", "task", "archi") + CONV_FLAGS + ("act", "loss", "softmax")
 SAVED_KEYS = ARCHITECTURE_KEYS + ("scale", "alg", "optim", "lrs", "wds", "mmt", "lr_decay", "seed")
 CONV_FILL = {"kernels": 5, "strides": 1, "paddings": 0, "pools": "m"}
+FLOAT_FLAGS = ("lrs", "wds", "betas", "mmt", "scale", "eps", "lca_lambda", "tau", "eta",
+               "dropouts")
+# value ranges of single flags: (test, what is wrong and the fix), checked entry by entry
+MAX_STEPS, MAX_BETA, MAX_SCALE, MAX_SEED = 100_000, 100.0, 100.0, 2**63 - 1
+RANGES = {
+    "lrs": (lambda v: v >= 0, "a learning rate must be 0 (a frozen layer) or more; give e.g. 0.05"),
+    "wds": (lambda v: v >= 0, "weight decay must be 0 or more; give e.g. 3e-4 (or 0)"),
+    "mmt": (lambda v: 0 <= v < 1, "SGD momentum must be in [0, 1); give e.g. 0.9 (or 0)"),
+    "scale": (lambda v: 0 < v <= MAX_SCALE,
+              f"the init factor must be in (0, {MAX_SCALE:g}]; give e.g. 0.5, or leave it out"),
+    "betas": (lambda v: abs(v) <= MAX_BETA,
+              f"each beta must be in [-{MAX_BETA:g}, {MAX_BETA:g}]; give e.g. --betas 0 0.5"),
+    "seed": (lambda v: 0 <= v <= MAX_SEED, f"the seed must be in [0, 2**63 - 1 = {MAX_SEED}]"),
+    "device": (lambda v: v >= 0, "a GPU index is 0 or more; leave --device out for GPU 0 (or "
+               "the CPU when there is none)"),
+}
+# the least value of each entry of the architecture lists, and what the entry is
+ARCH_MIN = {"archi": (1, "a layer size"), "channels": (1, "a channel count"),
+            "kernels": (1, "a kernel size"), "strides": (1, "a stride"),
+            "paddings": (0, "a padding"), "fc": (1, "a layer size")}
+# beyond these a model does not fit any memory: weights, and state numbers per sample
+MAX_WEIGHTS, MAX_UNITS = 2**31, 2**27
+PATH_FLAGS = {"load_path": "a results folder such as results/EP/mse/2026-01-01/12-00-00",
+              "results_dir": "a folder for the results (default: results)",
+              "data_dir": "the folder of the torchvision datasets (default: ./data)"}
+FROM_CHECKPOINT = "saved in the --load-path run's checkpoint"
+
+
+class FlagError(UsageError):
+    """A bad value of the flags `dests` (their dest names): validate says which of them a
+    --load-path run's checkpoint gave."""
+
+    def __init__(self, message: str, *dests: str):
+        super().__init__(message)
+        self.dests = dests
 
 
 def flag(dest: str) -> str:
@@ -37,21 +73,35 @@ def flag(dest: str) -> str:
 
 def one_of(dest: str, value: str, choices) -> None:
     if value not in choices:
-        raise UsageError(f"{flag(dest)} {value!r} is unknown; choose one of {', '.join(choices)}")
+        raise FlagError(f"{flag(dest)} {value!r} is unknown; choose one of {', '.join(choices)}",
+                        dest)
+
+
+def entries(args: Namespace, dest: str) -> list:
+    """A flag's value as a list (empty when it is not set)."""
+    value = getattr(args, dest)
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
+
+
+def from_saved(args: Namespace, typed: set[str], saved: dict) -> dict:
+    """The saved run's values that a resume uses: all but the typed ones it does not fix."""
+    known = vars(args)
+    return {k: v for k, v in saved.items() if k in known and (k not in typed or k in SAVED_KEYS)}
 
 
 def merge_saved(args: Namespace, typed: set[str], saved: dict) -> Namespace:
     """A saved run's arguments, overridden by flags typed now except those it fixes."""
     merged = dict(vars(args))
-    for key, value in saved.items():
-        if key not in merged:
-            continue
-        if key in typed and key not in SAVED_KEYS:
-            continue
+    for key, value in from_saved(args, typed, saved).items():
         if key in typed and merged[key] != value:
             print(f"notice: {flag(key)} ignored: the saved run's value {value!r} is used")
         merged[key] = value
     return Namespace(**merged)
+
+
+def checkpoint_keys(args: Namespace, typed: set[str], saved: dict) -> frozenset[str]:
+    """The dest names whose value merge_saved takes from the saved run (pass to validate)."""
+    return frozenset(from_saved(args, typed, saved))
 
 
 def differing_flags(saved: dict, args: Namespace) -> list[str]:
@@ -86,9 +136,23 @@ def check_available(args: Namespace, typed: set[str]) -> None:
         raise UsageError("--dropouts is not available yet in this version; remove it")
 
 
-def validate(args: Namespace, typed: set[str]) -> None:
-    """Check the flags against each other; fill the per-layer defaults."""
+def validate(args: Namespace, typed: set[str],
+             from_checkpoint: frozenset[str] = frozenset()) -> None:
+    """Check the flags against each other; fill the per-layer defaults. `from_checkpoint`:
+    the dest names whose value a --load-path run gave (checkpoint_keys), named in errors."""
+    try:
+        check_all(args, typed, from_checkpoint)
+    except FlagError as e:
+        saved = [flag(d) for d in dict.fromkeys(e.dests) if d in from_checkpoint]
+        if not saved:
+            raise
+        raise UsageError(f"{e} ({', '.join(saved)} {FROM_CHECKPOINT})") from None
+
+
+def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str]) -> None:
+    """validate's checks, in order: each flag alone, then the flags against each other."""
     check_available(args, typed)
+    check_values(args)
     one_of("model", args.model, MODELS)
     one_of("todo", args.todo, sorted(TODOS))
     one_of("task", args.task, TASKS)
@@ -101,21 +165,28 @@ def validate(args: Namespace, typed: set[str]) -> None:
     for group, needs in wrong_place:
         for dest in group:
             if dest in typed:
-                raise UsageError(f"{flag(dest)} only applies with {needs}; remove it")
+                raise FlagError(f"{flag(dest)} only applies with {needs}; remove it", dest)
     is_cnn = MODELS[args.model] == "cnn"
     for dest in (CONV_FLAGS if not is_cnn else ("archi",)):
         if dest in typed:
-            raise UsageError(f"{flag(dest)} does not apply to --model {args.model}; remove it")
+            raise FlagError(f"{flag(dest)} does not apply to --model {args.model}; remove it",
+                            dest, "model")
     if args.alg != "EP" and args.todo == "train":  # evaluate and gducheck ignore --alg
         for dest in ("thirdphase", "random_sign"):
             if getattr(args, dest):
-                raise UsageError(f"{flag(dest)} only applies with --alg EP (not {args.alg})")
+                raise FlagError(f"{flag(dest)} only applies with --alg EP (not {args.alg})",
+                                dest, "alg")
     if args.softmax and args.loss != "cel":
-        raise UsageError("--softmax needs --loss cel: the read-out is trained with cross-entropy")
+        raise FlagError("--softmax needs --loss cel: the read-out is trained with cross-entropy",
+                        "softmax", "loss")
     if args.todo == "evaluate" and not args.load_path:
         raise UsageError("--todo evaluate needs --load-path DIR (a results folder with model.pt)")
+    if args.optim == "adam" and "mmt" in typed and "mmt" not in from_checkpoint:
+        raise FlagError(f"--mmt {args.mmt:g}: --optim adam has no momentum; remove --mmt or use "
+                        "--optim sgd", "mmt", "optim")
     check_vf_and_gdu(args, typed)
     check_steps(args)
+    check_signs(args, typed)
     fill_defaults(args)
     n_layers = check_architecture(args)
     for dest, fill in (("lrs", 5e-4), ("wds", 0.0)):
@@ -123,8 +194,31 @@ def validate(args: Namespace, typed: set[str]) -> None:
         if values is None:
             setattr(args, dest, [fill] * n_layers)
         elif len(values) != n_layers:
-            raise UsageError(f"{flag(dest)} has {len(values)} entries but the model has "
-                             f"{n_layers} layers of weights; give one per layer")
+            raise FlagError(f"{flag(dest)} has {len(values)} entries but the model has "
+                            f"{n_layers} layers of weights; give one per layer", dest)
+
+
+def check_values(args: Namespace) -> None:
+    """Each flag on its own: finite numbers in their range, paths that are not empty."""
+    if len(args.betas) != 2:  # with nargs="+" the parser leaves the count to this check
+        raise FlagError(f"--betas {' '.join(f'{b:g}' for b in args.betas)}: give exactly two "
+                        "values, BETA1 (free phase) and BETA2 (nudged phase), e.g. --betas 0 0.1",
+                        "betas")
+    for dest in FLOAT_FLAGS:
+        for v in entries(args, dest):
+            if not math.isfinite(v):
+                hint = " (1e999 and beyond overflow to inf)" if math.isinf(v) else ""
+                raise FlagError(f"{flag(dest)} {v}: not a finite number{hint}; give a finite "
+                                "value", dest)
+    for dest, (ok, rule) in RANGES.items():
+        for v in entries(args, dest):
+            if not ok(v):
+                raise FlagError(f"{flag(dest)} {v:g}: {rule}" if isinstance(v, float) else
+                                f"{flag(dest)} {v}: {rule}", dest)
+    for dest, what in PATH_FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None and not value.strip():
+            raise FlagError(f"{flag(dest)} {value!r} is empty; give {what}", dest)
 
 
 def is_vf(args: Namespace) -> bool:
@@ -134,72 +228,128 @@ def is_vf(args: Namespace) -> bool:
 def check_vf_and_gdu(args: Namespace, typed: set[str]) -> None:
     """Flags of the VF models and of the GDU check that only make sense together."""
     if args.same_update and not (is_vf(args) and (args.alg == "EP" or args.todo != "train")):
-        raise UsageError("--same-update only applies to --model VFMLP or VFCNN with --alg EP; "
-                         "remove it")
+        raise FlagError("--same-update only applies to --model VFMLP or VFCNN with --alg EP; "
+                        "remove it", "same_update", "model", "alg")
     if is_vf(args) and args.alg == "BP":
-        raise UsageError(f"--alg BP: a feed-forward pass never uses the feedback weights of "
-                         f"--model {args.model}; use --alg EP or BPTT")
+        raise FlagError(f"--alg BP: a feed-forward pass never uses the feedback weights of "
+                        f"--model {args.model}; use --alg EP or BPTT", "alg", "model")
     wrong_todo = args.todo != "train" and "check_thm" in typed  # a saved run's is ignored
     if args.check_thm and (wrong_todo or args.todo == "train" and args.alg != "EP"):
-        raise UsageError("--check-thm checks EP while it trains: use it with --todo train "
-                         "--alg EP, or run --todo gducheck")
+        raise FlagError("--check-thm checks EP while it trains: use it with --todo train "
+                        "--alg EP, or run --todo gducheck", "check_thm", "alg")
     if (args.check_thm or args.todo == "gducheck") and args.betas[0] != 0:
-        raise UsageError(f"--betas {args.betas[0]:g} {args.betas[1]:g}: the GDU check starts "
-                         f"from the free fixed point; give --betas 0 {args.betas[1]:g}")
+        raise FlagError(f"--betas {args.betas[0]:g} {args.betas[1]:g}: the GDU check starts "
+                        f"from the free fixed point; give --betas 0 {args.betas[1]:g}", "betas")
 
 
 def check_steps(args: Namespace) -> None:
     for dest in ("T1", "mbs", "epochs"):
         if getattr(args, dest) < 1:
-            raise UsageError(f"{flag(dest)} must be at least 1 (got {getattr(args, dest)})")
+            raise FlagError(f"{flag(dest)} must be at least 1 (got {getattr(args, dest)})", dest)
     if args.T2 < 0:
-        raise UsageError(f"--T2 must be at least 0 (got {args.T2})")
+        raise FlagError(f"--T2 must be at least 0 (got {args.T2})", "T2")
+    for dest in ("T1", "T2"):
+        if getattr(args, dest) > MAX_STEPS:
+            raise FlagError(f"{flag(dest)} {getattr(args, dest)}: more than {MAX_STEPS:,} steps "
+                            "per phase; the published runs use at most 250", dest)
     gdu = args.todo == "gducheck" or args.check_thm
     if (args.alg == "BPTT" or gdu) and args.T2 > args.T1:
-        raise UsageError(f"--T2 {args.T2} > --T1 {args.T1}: BPTT back-propagates through the last "
-                         "T2 of the T1 free steps; make T2 <= T1")
+        raise FlagError(f"--T2 {args.T2} > --T1 {args.T1}: BPTT back-propagates through the last "
+                        "T2 of the T1 free steps; make T2 <= T1", "T2", "T1")
     if gdu and args.T2 < 1:
-        raise UsageError("--T2 0: the GDU check compares the T2 nudged steps; give --T2 >= 1")
+        raise FlagError("--T2 0: the GDU check compares the T2 nudged steps; give --T2 >= 1", "T2")
+    if args.todo == "train" and args.T2 < 1 and args.alg in ("EP", "BPTT"):
+        why = ("BPTT back-propagates through the last T2 steps" if args.alg == "BPTT" else
+               "EP's nudged phase needs at least one step to move the states")
+        raise FlagError(f"--T2 0: {why}; give --T2 >= 1", "T2", "alg")
     if (args.alg == "EP" or args.todo == "gducheck") and args.betas[0] == args.betas[1]:
-        raise UsageError("--betas: beta1 and beta2 must differ (EP divides by beta2 - beta1)")
+        raise FlagError("--betas: beta1 and beta2 must differ (EP divides by beta2 - beta1)",
+                        "betas")
+
+
+def check_signs(args: Namespace, typed: set[str]) -> None:
+    """--random-sign and --thirdphase: which sign of beta2 the nudged phase(s) use."""
+    beta1, beta2 = args.betas
+    ep = args.todo == "gducheck" or args.todo == "train" and args.alg == "EP"
+    if args.thirdphase and ep and beta2 == 0:
+        raise FlagError(f"--betas {beta1:g} 0: --thirdphase nudges at +beta2 and -beta2 and "
+                        "divides by 2 beta2; give a beta2 other than 0", "betas", "thirdphase")
+    if not args.random_sign:
+        return
+    if args.todo == "gducheck" and "random_sign" in typed:  # a saved run's is ignored
+        raise FlagError("--random-sign does not apply to --todo gducheck: the check chooses the "
+                        "sign of beta2 itself (+beta2, and -beta2 with --thirdphase); remove it",
+                        "random_sign")
+    if args.todo != "train":
+        return
+    if args.thirdphase and {"random_sign", "thirdphase"} & typed:
+        raise FlagError("--random-sign has no effect with --thirdphase, whose nudged phases "
+                        "already use +beta2 and -beta2; remove one of them", "random_sign",
+                        "thirdphase")
+    if beta1 != 0:
+        raise FlagError(f"--betas {beta1:g} {beta2:g}: --random-sign draws the sign of beta2 "
+                        f"only when beta1 is 0; give --betas 0 {beta2:g}", "betas", "random_sign")
 
 
 def check_architecture(args: Namespace) -> int:
     """Layer sizes fit the task and each other; returns the number of weight layers."""
     (c, h, w), classes, _ = TASKS[args.task]
+    for dest, (low, what) in ARCH_MIN.items():
+        for v in entries(args, dest) if MODELS[args.model] == "cnn" or dest == "archi" else []:
+            if v < low:
+                raise FlagError(f"{flag(dest)} {v}: {what} must be at least {low}", dest)
     if MODELS[args.model] == "mlp":
         if args.archi[0] != c * h * w:
-            raise UsageError(f"--archi starts with {args.archi[0]} but --task {args.task} inputs "
-                             f"have {c * h * w} pixels; start it with {c * h * w}")
+            raise FlagError(f"--archi starts with {args.archi[0]} but --task {args.task} inputs "
+                            f"have {c * h * w} pixels; start it with {c * h * w}", "archi", "task")
         if len(args.archi) < 2:
-            raise UsageError("--archi needs at least an input and an output size")
+            raise FlagError("--archi needs at least an input and an output size", "archi")
         last = args.archi[-1]
         n_layers = len(args.archi) - 1
         last_flag = "--archi"
+        sizes = args.archi
+        weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
+        units, size_flags = sum(sizes[1:]), shlex.join(["--archi"] + [str(a) for a in sizes])
     else:
         n = len(args.channels)
         for dest in CONV_LISTS:
             if len(getattr(args, dest)) != n:
-                raise UsageError(f"{flag(dest)} has {len(getattr(args, dest))} entries but "
-                                 f"--channels has {n}; give one per conv layer")
+                raise FlagError(f"{flag(dest)} has {len(getattr(args, dest))} entries but "
+                                f"--channels has {n}; give one per conv layer", dest, "channels")
         for letter in args.pools:
             one_of("pools", letter, POOLS)
-        size = h
-        for k, (kern, st, pad, pool) in enumerate(zip(args.kernels, args.strides, args.paddings,
-                                                      args.pools)):
-            size = conv_output_size(size, kern, st, pad, pool)
+        size, cin, weights, units = h, c, 0, 0
+        for k, (cout, kern, st, pad, pool) in enumerate(zip(args.channels, args.kernels,
+                                                            args.strides, args.paddings,
+                                                            args.pools)):
+            if pad >= kern:
+                raise FlagError(f"--paddings {pad}: conv layer {k + 1} has kernel {kern}, so a "
+                                "border that wide adds outputs that never see the input; give "
+                                f"at most {kern - 1}", "paddings", "kernels")
+            units += cout * ((size + 2 * pad - kern) // st + 1) ** 2
+            weights += (cin * kern * kern + 1) * cout
+            size, cin = conv_output_size(size, kern, st, pad, pool), cout
             if size < 1:
-                raise UsageError(f"conv layer {k + 1} shrinks the {h}x{w} input below 1 pixel; "
-                                 "use smaller --kernels/--strides, more --paddings or fewer "
-                                 "pools in --pools")
+                raise FlagError(f"conv layer {k + 1} shrinks the {h}x{w} input below 1 pixel; "
+                                "use smaller --kernels/--strides, more --paddings or fewer "
+                                "pools in --pools", "kernels", "strides", "paddings", "pools")
+        fc_sizes = [cin * size * size] + args.fc
+        weights += sum((a + 1) * b for a, b in zip(fc_sizes, fc_sizes[1:]))
+        units += sum(args.fc)
         last = args.fc[-1]
         n_layers = n + len(args.fc)
         last_flag = "--fc"
+        size_flags = shlex.join(["--channels"] + [str(a) for a in args.channels] + ["--fc"]
+                                + [str(a) for a in args.fc])
+    if weights > MAX_WEIGHTS or units > MAX_UNITS:
+        raise FlagError(f"{size_flags}: the model would have {weights:.3g} weights and "
+                        f"{units:.3g} state numbers per sample (at most {MAX_WEIGHTS:.3g} and "
+                        f"{MAX_UNITS:.3g}); use smaller layers", "archi", "channels", "fc")
     if last != classes:
-        raise UsageError(f"{last_flag} ends with {last} but --task {args.task} has {classes} "
-                         f"classes; end it with {classes}")
+        raise FlagError(f"{last_flag} ends with {last} but --task {args.task} has {classes} "
+                        f"classes; end it with {classes}", last_flag[2:], "task")
     if args.softmax and n_layers < 2:
-        raise UsageError("--softmax needs a hidden layer before the read-out")
+        raise FlagError("--softmax needs a hidden layer before the read-out", "softmax")
     return n_layers
 
 

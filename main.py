@@ -92,8 +92,8 @@ def build_parser() -> Parser:
     g.add_argument("--T1", type=int, default=30, help="free-phase steps")
     g.add_argument("--T2", type=int, default=10,
                    help="nudged-phase steps (BPTT: steps with graph)")
-    g.add_argument("--betas", nargs=2, type=float, default=[0.0, 0.1], metavar=("BETA1", "BETA2"),
-                   help="beta of the free phase and of the nudged phase")
+    g.add_argument("--betas", nargs="+", type=float, default=[0.0, 0.1], metavar="BETA",
+                   help="two values: beta of the free phase and of the nudged phase")
     g.add_argument("--random-sign", action="store_true", help="EP: random sign of beta2 per batch")
     g.add_argument("--thirdphase", action="store_true",
                    help="EP: symmetric estimate from nudged phases at +beta2 and -beta2")
@@ -283,12 +283,13 @@ def run(argv: list[str]) -> int:
     """Parse and check everything, load what --load-path names, then run the --todo."""
     args, typed = parse(argv)
     config.check_available(args, typed)
-    ckpt = None
+    ckpt, from_checkpoint = None, frozenset()
     if args.load_path is not None:
         ckpt = load_run(args.load_path, args.model)
         if ckpt["args"] is not None:  # the published code's checkpoints have none
+            from_checkpoint = config.checkpoint_keys(args, typed, ckpt["args"])
             args = config.merge_saved(args, typed, ckpt["args"])
-    config.validate(args, typed)
+    config.validate(args, typed, from_checkpoint)
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     model = config.build_model(args).to(device)

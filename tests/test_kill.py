@@ -99,3 +99,12 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
     assert_same_weights(weights(only_run_dir(tmp_path / "a") / "final_model.pt"),
                         weights(run / "final_model.pt"))
     assert metrics(only_run_dir(tmp_path / "a")) == metrics(run)
+
+
+def test_ctrl_c_while_the_modules_load_exits_quietly(tmp_path):
+    proc = subprocess.Popen([sys.executable, "main.py", "--help"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # importing torch takes seconds
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and not out, err
