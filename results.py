@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from errors import UsageError
+from published import published_checkpoint
 
 CHECKPOINT, FINAL_CHECKPOINT = "checkpoint.tar", "final_checkpoint.tar"
 BEST_MODEL, FINAL_MODEL = "model.pt", "final_model.pt"
@@ -119,49 +120,12 @@ def load_run(run_dir: str, model_name: str) -> dict:
         raise UsageError(f"{where} holds a {type(ckpt).__name__}, not a checkpoint; "
                          "give a folder written by main.py --save")
     if "model_state_dict" in ckpt and "args" not in ckpt:
-        return published_checkpoint(ckpt, model_name, where)
+        return published_checkpoint(ckpt, model_name, where)  # see published.py
     for key, kind in (("model", dict), ("args", dict)):
         if not isinstance(ckpt.get(key), kind):
             raise UsageError(f"{where} has no saved {'weights' if key == 'model' else key}; "
                              "give a folder written by main.py --save")
     return ckpt
-
-
-def published_state(state: dict, model_name: str, where: str) -> dict:
-    """The published code's weight names in ours: B_syn.j (feedback of synapse j+1) becomes
-    synapses.{j+1}.feedback; VFMLP's B is stored there as a layer from above, so transposed."""
-    if not isinstance(state, dict):
-        raise UsageError(f"{where}: model_state_dict is not a dict of weights")
-    out = {}
-    for key, value in state.items():
-        part, index, kind = (key.split(".") + ["", "", ""])[:3]
-        if part not in ("synapses", "B_syn") or not index.isdigit() or kind not in ("weight",
-                                                                                  "bias"):
-            raise UsageError(f"{where}: unknown weight {key!r} in model_state_dict; it was not "
-                             "written by the published EP code")
-        if part == "B_syn":
-            key = f"synapses.{int(index) + 1}.feedback"
-            value = value.t() if model_name == "VFMLP" else value
-        out[key] = value
-    return out
-
-
-def published_checkpoint(ckpt: dict, model_name: str, where: str) -> dict:
-    """A published checkpoint.tar as ours: weights, epoch and accuracy history; its optimizer
-    and scheduler states are mapped when the trainer loads it (see Trainer.load_published)."""
-    epoch = ckpt.get("epoch")
-    if not isinstance(epoch, int) or epoch < 0:
-        raise UsageError(f"{where}: its epoch ({epoch!r}) is damaged; use another run folder")
-    history = {"epoch": list(range(1, epoch + 1))}
-    for key in ("train_acc", "test_acc"):  # percentages, after a placeholder for epoch 0
-        values = ckpt.get(key)
-        values = list(values)[-epoch:] if isinstance(values, list) and epoch else []
-        history[key] = values if len(values) == epoch else [None] * epoch
-    history["train_loss"], history["seconds"] = [None] * epoch, [None] * epoch
-    return {"model": published_state(ckpt["model_state_dict"], model_name, where),
-            "args": None, "epoch": epoch, "history": history,
-            "best_acc": max([a for a in history["test_acc"] if a is not None], default=-1.0),
-            "published": {"optimizer": ckpt.get("opt"), "scheduler": ckpt.get("scheduler")}}
 
 
 def load_weights(model: torch.nn.Module, blob: dict, where: str, differing: list[str]) -> None:

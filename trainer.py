@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
 import plots
@@ -65,39 +65,6 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
                 if key != "step" and (not isinstance(value, Tensor) or value.shape != p.shape):
                     raise ValueError(f"a {key} of shape {tuple(getattr(value, 'shape', ()))} "
                                      f"for a weight of shape {tuple(p.shape)}")
-
-
-def published_order(model: EnergyNet) -> list[nn.Parameter]:
-    """The published code's parameter order: every synapse's (W, b), then every B."""
-    return ([p for syn in model.synapses for p in (syn.weight, syn.bias)]
-            + [syn.feedback for syn in model.synapses if syn.feedback is not None])
-
-
-def published_optimizer(model: EnergyNet, saved: dict | None) -> dict | None:
-    """The published optimizer state (one group per synapse, then one per B) in our groups
-    (one per synapse, B inside); VFMLP's B buffers are transposed like B itself."""
-    if saved is None:
-        return None
-    ours = list(model.parameters())
-    index = {id(p): i for i, p in enumerate(ours)}
-    state = {}
-    for i, p in enumerate(published_order(model)):
-        buffers = saved["state"].get(i)
-        if buffers is not None:
-            state[index[id(p)]] = {k: v.t() if v.dim() == 2 and v.shape != p.shape else v
-                                   for k, v in buffers.items()}
-    groups = [{**{k: v for k, v in group.items() if k != "params"},
-               "params": [index[id(p)] for p in syn.parameters()]}
-              for group, syn in zip(saved["param_groups"], model.synapses, strict=False)]
-    if len(groups) != len(model.synapses):
-        raise ValueError(f"{len(saved['param_groups'])} parameter groups")
-    return {"state": state, "param_groups": groups}
-
-
-def published_scheduler(saved: dict, model: EnergyNet) -> dict:
-    """The published scheduler has an lr per group, B's groups last: keep the synapses'."""
-    n = len(model.synapses)
-    return {k: v[:n] if isinstance(v, list) else v for k, v in saved.items()}
 
 
 def phases_from(args: Namespace) -> Phases:
@@ -166,20 +133,16 @@ class Trainer:
     def load_state_dict(self, ckpt: dict, where: str = "the checkpoint") -> None:
         """Everything a resume needs, each part checked: one line names what is damaged."""
         load_weights(self.model, ckpt, where, [])
-        published = ckpt.get("published")
+        published = ckpt.get("published")  # no data generator state: it starts from --seed
         part = "training state"
         try:
             part = "optimizer state"
-            optimizer = (published_optimizer(self.model, published["optimizer"]) if published
-                         else ckpt["optimizer"])
-            if optimizer is not None:
-                self.optimizer.load_state_dict(optimizer)
+            if ckpt["optimizer"] is not None or not published:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
                 check_optimizer_state(self.optimizer)
             part = "scheduler state"
-            scheduler = ckpt["scheduler"] if not published else published["scheduler"]
-            if self.scheduler and scheduler:
-                self.scheduler.load_state_dict(published_scheduler(scheduler, self.model)
-                                               if published else scheduler)
+            if self.scheduler and ckpt["scheduler"]:
+                self.scheduler.load_state_dict(ckpt["scheduler"])
             part = "epoch and history"
             self.epoch, self.best_acc = ckpt["epoch"], float(ckpt["best_acc"])
             self.history = {k: list(v) for k, v in ckpt["history"].items()}
@@ -191,7 +154,7 @@ class Trainer:
             if not published:
                 self.gen.set_state(ckpt["gen"])
             part = "position inside the epoch"
-            self.cursor = None if published else self.checked_cursor(ckpt["cursor"])
+            self.cursor = self.checked_cursor(ckpt["cursor"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise UsageError(f"{where}: its {part} is damaged or belongs to another model "
