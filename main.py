@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import shlex
 import sys
@@ -46,7 +47,15 @@ class Parser(argparse.ArgumentParser):
             r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
 
     def error(self, message: str) -> None:
-        """One line, exit code 2 (argparse's own errors included)."""
+        """One line, exit code 2 (argparse's own errors included), with the flag meant when
+        an unknown one is a near miss (--lr_decay for --lr-decay)."""
+        words = message.split(": ", 1)[1].split() if "unrecognized arguments" in message else []
+        known = [opt for action in self._actions for opt in action.option_strings]
+        for word in words:
+            near = difflib.get_close_matches(word.split("=")[0], known, n=1)
+            if near:
+                message += f"; did you mean {near[0]}?"
+                break
         raise UsageError(message)
 
 
@@ -249,6 +258,9 @@ def evaluate(job: Job) -> int:
 def gducheck(job: Job) -> int:
     """EP's step-by-step updates vs BPTT's gradients on --mbs training samples."""
     args, data = job.args, job.train
+    if args.mbs > len(data):
+        raise UsageError(f"--mbs {args.mbs}: the check takes --mbs training samples and --task "
+                         f"{args.task} has {len(data)}; give at most {len(data)}")
     origin = "fresh (seeded) weights"
     if args.load_path:
         origin = f"{BEST_MODEL} of {args.load_path} (epoch {load_best(job)['epoch']})"

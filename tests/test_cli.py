@@ -52,6 +52,8 @@ BAD_INPUTS = [
     (["--T1", "abc"], "argument --T1: invalid int value: 'abc'"),
     (["--mbs", "0"], "--mbs must be at least 1"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--lr_decay"], "unrecognized arguments: --lr_decay; did you mean --lr-decay?"),
+    (["--todo", "gducheck", "--mbs", "4001"], "--mbs 4001: the check takes --mbs training samples"),
     (["--todo", "evaluate"], "--todo evaluate needs --load-path"),
     (CNN + ["--task", "CIFAR10", "--data-dir", "{tmp}"],
      "--task CIFAR10: cannot load it from --data-dir"),
