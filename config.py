@@ -362,6 +362,7 @@ def build_model(args: Namespace) -> EnergyNet:
                           args.pools, args.fc, args.act, args.loss, args.softmax, is_vf(args))
     if args.scale is not None:
         scale_init(model, args.scale)
+    model.free_steps = args.T1  # what model(x) runs
     return model
 
 

@@ -46,6 +46,7 @@ def test_line_builds_its_model_or_fails_in_one_line(argv, capsys):
     assert len(model.synapses) == len(args.lrs)
     assert model.has_feedback == args.model.startswith("VF")
     assert model.softmax == args.softmax and model.n_states == len(model.state_shapes)
+    assert model.free_steps == args.T1
     x = torch.rand(2, *config.TASKS[args.task][0])
     with torch.no_grad():
         batch = model.batch(x, torch.tensor([1, 2]), args.betas[1])
