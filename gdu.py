@@ -55,7 +55,7 @@ def bptt_updates(model: EnergyNet, x: Tensor, y: Tensor, s_start: States, T2: in
         per_step = []
         for tau in range(T2):  # step tau alone, from its detached input state
             field = model.field(model.batch(x), [t.detach() for t in path[tau]])
-            out = [n.act(a) for n, a in zip(model.neurons, field)]
+            out = [layer.act(a) for layer, a in zip(model.neurons, field)]
             grads = torch.autograd.grad(out, field + params, flat[tau * n:(tau + 1) * n],
                                         materialize_grads=True)
             per_step.append([-g for g in grads[:n]] + [g / x.shape[0] for g in grads[n:]])
