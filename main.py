@@ -166,6 +166,25 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, set[str]]:
     return args, typed
 
 
+def check_saved_types(saved: dict, where: str) -> None:
+    """A checkpoint's arguments have the types their flags give, or one line says which is
+    damaged (before any check compares a string with a number)."""
+    names = {int: ("an integer", "integers"), float: ("a number", "numbers"),
+             str: ("a string", "strings"), bool: ("true or false", "booleans")}
+    for action in build_parser()._actions:
+        if action.dest not in saved or saved[action.dest] is None is action.default:
+            continue  # absent, or a flag left unset: its default applies
+        value = saved[action.dest]
+        kind = bool if isinstance(action, argparse._StoreTrueAction) else action.type or str
+        many = action.nargs == "+"
+        values = value if many and isinstance(value, list) else [] if many else [value]
+        if not values or not all(isinstance(v, kind) and (kind is bool or not isinstance(v, bool))
+                                 or kind is float and type(v) is int for v in values):
+            what = f"a list of {names[kind][1]}" if many else names[kind][0]
+            raise UsageError(f"{where}: the saved {action.option_strings[0]} {value!r} is damaged "
+                             f"(not {what}); use another run folder")
+
+
 def pick_device(index: int | None) -> torch.device:
     if torch.cuda.is_available() and (index is None or index < torch.cuda.device_count()):
         return torch.device(f"cuda:{index or 0}")
@@ -299,6 +318,7 @@ def run(argv: list[str]) -> int:
     if args.load_path is not None:
         ckpt = load_run(args.load_path, args.model)
         if ckpt["args"] is not None:  # the published code's checkpoints have none
+            check_saved_types(ckpt["args"], f"--load-path {args.load_path}")
             from_checkpoint = config.checkpoint_keys(args, typed, ckpt["args"])
             args = config.merge_saved(args, typed, ckpt["args"])
     config.validate(args, typed, from_checkpoint)

@@ -98,6 +98,16 @@ BAD_FILES = [  # (what is done to the good run, --todo, words the one-line messa
     (edit_checkpoint(optimizer=DROP), "train", "its optimizer state is damaged"),
     (edit_checkpoint(history=lambda c: {**c["history"], "epoch": None}), "train",
      "its epoch and history is damaged"),
+    (edit_checkpoint(args=lambda c: {**c["args"], "T1": "x"}), "train",
+     "the saved --T1 'x' is damaged (not an integer)"),
+    (edit_checkpoint(args=lambda c: {**c["args"], "archi": "abc"}), "evaluate",
+     "the saved --archi 'abc' is damaged (not a list of integers)"),
+    (edit_checkpoint(args=lambda c: {**c["args"], "T2": None}), "gducheck",
+     "the saved --T2 None is damaged"),
+    (edit_checkpoint(args=lambda c: {**c["args"], "softmax": "yes"}), "train",
+     "the saved --softmax 'yes' is damaged (not true or false)"),
+    (edit_checkpoint(args=lambda c: {**c["args"], "lrs": [-1.0, 0.1]}), "train",
+     "(--lrs saved in the --load-path run's checkpoint)"),
     (lambda run: (run / "model.pt").unlink(), "evaluate", "no model.pt there"),
     (replace_file("model.pt", torch.ones(2)), "evaluate", "model.pt holds no weights"),
     (edit_checkpoint("model.pt", model=WIDER, args=lambda c: {**c["args"],
@@ -117,10 +127,10 @@ def test_a_damaged_file_ends_in_one_line(damage, todo, words, good_run, tmp_path
     shutil.copytree(good_run, run)
     damage(run)
     capsys.readouterr()
-    rc, out, err = cli(["--todo", todo, "--load-path", run, "--T2", "2", "--mbs", "10"], capsys)
+    rc, out, err = cli(["--todo", todo, "--load-path", run, "--mbs", "10"], capsys)
     assert rc == 2, out + err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert words in err and f"--load-path {run}" in err
+    assert words in err and (f"--load-path {run}" in err or "the --load-path run's" in err)
 
 
 def published_folder(path, model):
