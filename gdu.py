@@ -42,9 +42,8 @@ def bptt_updates(model: EnergyNet, x: Tensor, y: Tensor, s_start: States, T2: in
     Weights: the gradient of L through that step alone.
     """
     params = list(model.parameters())
-    with torch.no_grad():
-        batch = model.batch(x, y)  # the path is differentiated in the states only
     with torch.enable_grad():
+        batch = model.batch(x, y)  # a drive with its graph: a lone layer's state hangs on it
         path = [[t.detach().requires_grad_() for t in s_start]]
         for _ in range(T2):
             path.append(model.step(batch, path[-1]))

@@ -142,3 +142,11 @@ def test_seed_check_lines_take_any_trained_run(tmp_path, capsys):
     for todo in ("evaluate", "gducheck"):
         rc, _, err = cli(["--todo", todo, "--thirdphase", "--load-path", run], capsys)
         assert rc == 0, err
+
+
+def test_a_single_layer_under_a_softmax_read_out():
+    """One state layer: its state depends on the weights only through the input drive."""
+    model = build_mlp([20, 12, 5], "tanh", "cel", True)
+    result = gdu_check(model, torch.randn(4, 20), torch.randint(0, 5, (4,)), 60, 1, 0.01)
+    assert set(rmse(result)) == set(update_names(model))
+    assert max(rmse(result).values()) < 0.05
