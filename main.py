@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"main.py: error: {e}", file=sys.stderr)
         return 2
     except Diverged as e:
-        print(f"main.py: error: {e} (the last good checkpoint is kept)", file=sys.stderr)
+        print(f"main.py: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # disk full, permissions: files already written stay as they were
         print(f"main.py: error: {e}", file=sys.stderr)

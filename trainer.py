@@ -186,8 +186,11 @@ class Trainer:
     def check_finite_weights(self) -> None:
         """Never write a non-finite weight: the files on disk stay the last good ones."""
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
-            raise Diverged(f"NaN or inf in the weights after epoch {self.epoch}: "
-                           "lower --lrs (or --betas)")
+            raise Diverged(f"NaN or inf in the weights after epoch {self.epoch}: lower --lrs "
+                           f"(or --betas){self.files_kept()}")
+
+    def files_kept(self) -> str:
+        return "; the last good checkpoint is kept" if self.run_dir is not None else ""
 
     def rebuild_outputs(self) -> None:
         """metrics.csv and the plots from the checkpoint's history (the checkpoint is the truth:
@@ -238,7 +241,7 @@ class Trainer:
             if not all(map(math.isfinite, stats)):
                 bar.close()
                 raise Diverged(f"NaN or inf in the states or weights at epoch {self.epoch + 1}, "
-                               f"batch {b + 1}: lower --lrs (or --betas)")
+                               f"batch {b + 1}: lower --lrs (or --betas){self.files_kept()}")
             if self.args.check_thm and b % max(1, num_batches(n, self.args.mbs) // 10) == 0:
                 cur.gdu_rmse.append(self.check_theorem(x, y))
             cur.seen += len(y)
