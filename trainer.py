@@ -134,9 +134,8 @@ class Trainer:
         """Everything a resume needs, each part checked: one line names what is damaged."""
         load_weights(self.model, ckpt, where, [])
         published = ckpt.get("published")  # no data generator state: it starts from --seed
-        part = "training state"
+        part = "optimizer state"
         try:
-            part = "optimizer state"
             if ckpt["optimizer"] is not None or not published:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
                 check_optimizer_state(self.optimizer)
