@@ -11,11 +11,12 @@ from argparse import Namespace
 
 from data_utils import TASKS
 from errors import UsageError
-from model_utils import (ACTIVATIONS, POOLS, EnergyNet, build_cnn, build_mlp, conv_output_size,
-                         scale_init)
+from model_utils import (ACTIVATIONS, POOLS, EnergyNet, LCAConfig, build_cnn, build_lcanet,
+                         build_mlp, conv_output_size, scale_init)
 
-MODELS = {"MLP": "mlp", "CNN": "cnn", "VFMLP": "mlp", "VFCNN": "cnn"}
-LATER_MODELS = {"LCACNN", "EPLCACNN"}
+# the family of each model: its layer lists (EPLCACNN is the seed scripts' name of LCACNN)
+MODELS = {"MLP": "mlp", "CNN": "cnn", "VFMLP": "mlp", "VFCNN": "cnn", "LCACNN": "lca",
+          "EPLCACNN": "lca"}
 TODOS = {"train", "evaluate", "gducheck"}
 LATER_TODOS = {"attack", "advtrain"}
 ALGS, LOSSES, OPTIMS = ("EP", "BPTT", "BP"), ("mse", "cel"), ("sgd", "adam")
@@ -23,14 +24,22 @@ CONV_LISTS = ("kernels", "strides", "paddings", "pools")
 CONV_FLAGS = ("channels",) + CONV_LISTS + ("fc",)
 ATTACK_FLAGS = ("eps", "image_print", "attack_step", "predict_step", "train_attack_step",
                 "attack_norm")
-LCA_FLAGS = ("n_feats", "lca_lambda", "tau", "eta", "lca_stride", "lca_iters", "dict_loss")
+LCA_FLAGS = ("n_feats", "lca_lambda", "tau", "eta", "lca_stride", "lca_iters", "dict_loss",
+             "lca_feedback", "lca_signed", "lca_raw_input")
+# --dict_loss: what trains the dictionary (the seed scripts write combo for both)
+DICT_LOSSES = {"recon": "recon", "class": "class", "both": "both", "combo": "both"}
+LCA_DEFAULTS = {"lca_lambda": 0.25, "tau": 100.0, "eta": 1e-3, "lca_iters": 1,
+                "dict_loss": "both", "lca_feedback": 1.0}
 # what a saved run fixes (its architecture, and the optimizer its checkpoint holds): typed
 # values of these are ignored when loading it; the others (T1, betas, mbs, ...) may change
-ARCHITECTURE_KEYS = ("model", "task", "archi") + CONV_FLAGS + ("act", "loss", "softmax")
-SAVED_KEYS = ARCHITECTURE_KEYS + ("scale", "alg", "optim", "lrs", "wds", "mmt", "lr_decay", "seed")
+ARCHITECTURE_KEYS = ("model", "task", "archi") + CONV_FLAGS + (
+    "act", "loss", "softmax", "n_feats", "lca_stride", "lca_lambda", "dict_loss", "lca_feedback",
+    "lca_signed", "lca_raw_input")
+SAVED_KEYS = ARCHITECTURE_KEYS + ("scale", "alg", "optim", "lrs", "wds", "mmt", "lr_decay", "seed",
+                                  "eta")
 CONV_FILL = {"kernels": 5, "strides": 1, "paddings": 0, "pools": "m"}
 FLOAT_FLAGS = ("lrs", "wds", "betas", "mmt", "scale", "eps", "lca_lambda", "tau", "eta",
-               "dropouts")
+               "lca_feedback", "dropouts")
 # value ranges of single flags: (test, what is wrong and the fix), checked entry by entry
 MAX_STEPS, MAX_BETA, MAX_SCALE, MAX_SEED = 100_000, 100.0, 100.0, 2**63 - 1
 RANGES = {
@@ -44,11 +53,20 @@ RANGES = {
     "seed": (lambda v: 0 <= v <= MAX_SEED, f"the seed must be in [0, 2**63 - 1 = {MAX_SEED}]"),
     "device": (lambda v: v >= 0, "a GPU index is 0 or more; leave --device out for GPU 0 (or "
                "the CPU when there is none)"),
+    "lca_lambda": (lambda v: v >= 0, "the threshold must be 0 or more; give e.g. 0.25"),
+    "tau": (lambda v: 1 <= v <= 1e6, "the LCA time constant counts iterations: give a value in "
+            "[1, 1e6] (below 1 a step overshoots), e.g. 100"),
+    "eta": (lambda v: v >= 0, "the dictionary step must be 0 or more; give e.g. 0.001"),
+    "lca_iters": (lambda v: 1 <= v <= MAX_STEPS, f"give 1 to {MAX_STEPS:,} LCA iterations per "
+                  "network step"),
+    "lca_feedback": (lambda v: 0 < v <= MAX_SCALE, f"the top-down scale must be in (0, "
+                     f"{MAX_SCALE:g}]; give e.g. 1"),
 }
 # the least value of each entry of the architecture lists, and what the entry is
 ARCH_MIN = {"archi": (1, "a layer size"), "channels": (1, "a channel count"),
             "kernels": (1, "a kernel size"), "strides": (1, "a stride"),
-            "paddings": (0, "a padding"), "fc": (1, "a layer size")}
+            "paddings": (0, "a padding"), "fc": (1, "a layer size"),
+            "n_feats": (1, "a number of atoms"), "lca_stride": (1, "a stride")}
 # beyond these a model does not fit any memory: weights, and state numbers per sample
 MAX_WEIGHTS, MAX_UNITS = 2**31, 2**27
 PATH_FLAGS = {"load_path": "a results folder such as results/EP/mse/2026-01-01/12-00-00",
@@ -112,23 +130,27 @@ def differing_flags(saved: dict, args: Namespace) -> list[str]:
 def fill_defaults(args: Namespace) -> None:
     """Architecture lists left out take their documented defaults (one entry per layer)."""
     (c, h, w), classes, _ = TASKS[args.task]
-    if MODELS[args.model] == "mlp":
+    family = MODELS[args.model]
+    if family == "mlp":
         defaults = {"archi": [c * h * w, 512, classes]}
     else:
-        n = len(args.channels or [32, 64])
-        defaults = {"channels": [32, 64], "fc": [classes]}
+        atoms = args.n_feats or 32
+        channels = [atoms, atoms, 64] if family == "lca" else [32, 64]
+        n = max(1, len(args.channels or channels) - int(family == "lca"))  # LCA is layer 0
+        defaults = {"channels": channels, "fc": [classes]}
         defaults.update({k: fill * n if k == "pools" else [fill] * n
                          for k, fill in CONV_FILL.items()})
+        if family == "lca":  # the code is not pooled; --lca_stride is its stride
+            defaults["pools"] = "i" + defaults["pools"][1:]
+            defaults["strides"][0] = args.lca_stride or 1
+            defaults.update(LCA_DEFAULTS)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
 
 
 def check_available(args: Namespace, typed: set[str]) -> None:
-    """Models, todos and flags that later versions add end here, before anything is loaded."""
-    if args.model in LATER_MODELS:
-        raise UsageError(f"--model {args.model} is not available yet in this version; "
-                         f"use one of {', '.join(MODELS)}")
+    """Todos and flags that later versions add end here, before anything is loaded."""
     if args.todo in LATER_TODOS:
         raise UsageError(f"--todo {args.todo} is not available yet in this version; "
                          f"use one of {', '.join(sorted(TODOS))}")
@@ -161,16 +183,19 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     one_of("loss", args.loss, LOSSES)
     one_of("optim", args.optim, OPTIMS)
     one_of("dynamics", args.dynamics, ("explicit", "autograd"))
-    wrong_place = [(ATTACK_FLAGS, "--todo attack or advtrain"), (LCA_FLAGS, "--model LCACNN")]
+    wrong_place = [(ATTACK_FLAGS, "--todo attack or advtrain")]
+    if MODELS[args.model] != "lca":
+        wrong_place.append((LCA_FLAGS, "--model LCACNN"))
     for group, needs in wrong_place:
         for dest in group:
             if dest in typed:
                 raise FlagError(f"{flag(dest)} only applies with {needs}; remove it", dest)
-    is_cnn = MODELS[args.model] == "cnn"
+    is_cnn = MODELS[args.model] != "mlp"
     for dest in (CONV_FLAGS if not is_cnn else ("archi",)):
         if dest in typed:
             raise FlagError(f"{flag(dest)} does not apply to --model {args.model}; remove it",
                             dest, "model")
+    check_lca(args, typed)
     if args.alg != "EP" and args.todo == "train":  # evaluate and gducheck ignore --alg
         for dest in ("thirdphase", "random_sign"):
             if getattr(args, dest):
@@ -242,6 +267,20 @@ def check_vf_and_gdu(args: Namespace, typed: set[str]) -> None:
                         f"from the free fixed point; give --betas 0 {args.betas[1]:g}", "betas")
 
 
+def check_lca(args: Namespace, typed: set[str]) -> None:
+    """LCANet's own flags: --dict_loss spelled as the seed scripts do, --eta only where the
+    unsupervised step runs."""
+    if MODELS[args.model] != "lca":
+        return
+    if args.dict_loss is not None:
+        one_of("dict_loss", args.dict_loss, DICT_LOSSES)
+        args.dict_loss = DICT_LOSSES[args.dict_loss]
+    if "eta" in typed and args.dict_loss == "class":
+        raise FlagError(f"--eta {args.eta:g}: with --dict_loss class only the classification "
+                        "gradient trains the dictionary; remove --eta or use --dict_loss both",
+                        "eta", "dict_loss")
+
+
 def check_steps(args: Namespace) -> None:
     for dest in ("T1", "mbs", "epochs"):
         if getattr(args, dest) < 1:
@@ -294,11 +333,12 @@ def check_signs(args: Namespace, typed: set[str]) -> None:
 def check_architecture(args: Namespace) -> int:
     """Layer sizes fit the task and each other; returns the number of weight layers."""
     (c, h, w), classes, _ = TASKS[args.task]
+    family = MODELS[args.model]
     for dest, (low, what) in ARCH_MIN.items():
-        for v in entries(args, dest) if MODELS[args.model] == "cnn" or dest == "archi" else []:
+        for v in entries(args, dest) if family != "mlp" or dest == "archi" else []:
             if v < low:
                 raise FlagError(f"{flag(dest)} {v}: {what} must be at least {low}", dest)
-    if MODELS[args.model] == "mlp":
+    if family == "mlp":
         if args.archi[0] != c * h * w:
             raise FlagError(f"--archi starts with {args.archi[0]} but --task {args.task} inputs "
                             f"have {c * h * w} pixels; start it with {c * h * w}", "archi", "task")
@@ -311,7 +351,8 @@ def check_architecture(args: Namespace) -> int:
         weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
         units, size_flags = sum(sizes[1:]), shlex.join(["--archi"] + [str(a) for a in sizes])
     else:
-        n = len(args.channels)
+        layer_outputs = check_layer_lists(args) if family == "lca" else args.channels
+        n = len(layer_outputs)
         for dest in CONV_LISTS:
             if len(getattr(args, dest)) != n:
                 raise FlagError(f"{flag(dest)} has {len(getattr(args, dest))} entries but "
@@ -319,7 +360,7 @@ def check_architecture(args: Namespace) -> int:
         for letter in args.pools:
             one_of("pools", letter, POOLS)
         size, cin, weights, units = h, c, 0, 0
-        for k, (cout, kern, st, pad, pool) in enumerate(zip(args.channels, args.kernels,
+        for k, (cout, kern, st, pad, pool) in enumerate(zip(layer_outputs, args.kernels,
                                                             args.strides, args.paddings,
                                                             args.pools)):
             if pad >= kern:
@@ -353,10 +394,62 @@ def check_architecture(args: Namespace) -> int:
     return n_layers
 
 
+def check_layer_lists(args: Namespace) -> list[int]:
+    """LCANet's reading of the conv lists (the seed scripts'): entry 0 of --kernels, --strides,
+    --paddings and --pools is the LCA layer, then one entry per conv layer; --channels is the
+    number of atoms, then the conv layers' channels from their input on, so its second entry
+    repeats the first (`--channels 32 32 64 --kernels 5 5`: 32 atoms of 5x5, one 5x5 conv
+    32->64). The seed lines' one trailing entry of --strides, --paddings and --pools is unused
+    and dropped with a notice. Returns each layer's output channels."""
+    channels, n = args.channels, len(args.channels) - 1
+    if n < 1:
+        raise FlagError(f"--channels {channels[0]}: LCANet reads the number of atoms, then the "
+                        f"conv layers' channels from their input on; give e.g. --channels "
+                        f"{channels[0]} {channels[0]} 64", "channels")
+    if channels[1] != channels[0]:
+        raise FlagError(f"--channels {' '.join(map(str, channels))}: the first conv layer reads "
+                        f"the {channels[0]} atoms' codes, so the second entry must be "
+                        f"{channels[0]} too", "channels")
+    trailing = [flag(d) for d in ("strides", "paddings", "pools") if len(getattr(args, d)) == n + 1]
+    if trailing:
+        print(f"notice: {', '.join(trailing)}: the last entry is unused (LCANet has {n} layers "
+              "of kernels: the LCA layer and the conv layers)")
+        for dest in ("strides", "paddings", "pools"):
+            if len(getattr(args, dest)) == n + 1:
+                setattr(args, dest, getattr(args, dest)[:n])
+    for dest in CONV_LISTS:
+        if len(getattr(args, dest)) != n:
+            raise FlagError(f"{flag(dest)} has {len(getattr(args, dest))} entries but --channels "
+                            f"{' '.join(map(str, channels))} gives {n} layers (the LCA layer, "
+                            f"then {n - 1} conv); give one entry per layer", dest, "channels")
+    if args.pools[:1] not in ("i", ""):
+        raise FlagError(f"--pools {args.pools}: the first letter is the LCA layer's, whose code "
+                        "is not pooled; start --pools with i", "pools")
+    for dest, entry in (("n_feats", "channels"), ("lca_stride", "strides")):
+        value, listed = getattr(args, dest), getattr(args, entry)[0]
+        if value is not None and value != listed:
+            raise FlagError(f"{flag(dest)} {value} disagrees with {flag(entry)}, whose first "
+                            f"entry ({listed}) is the LCA layer's; give one of them, or the same "
+                            "value", dest, entry)
+    args.n_feats, args.lca_stride = channels[0], args.strides[0]
+    return channels[:1] + channels[2:]
+
+
+def lca_config(args: Namespace) -> LCAConfig:
+    return LCAConfig(args.n_feats, args.kernels[0], args.strides[0], args.paddings[0],
+                     args.lca_lambda, args.tau, args.lca_iters, args.dict_loss != "recon",
+                     args.eta if args.dict_loss != "class" else 0.0, not args.lca_signed,
+                     not args.lca_raw_input, args.lca_feedback)
+
+
 def build_model(args: Namespace) -> EnergyNet:
     shape = TASKS[args.task][0]
     if MODELS[args.model] == "mlp":
         model = build_mlp(args.archi, args.act, args.loss, args.softmax, is_vf(args))
+    elif MODELS[args.model] == "lca":
+        model = build_lcanet(shape, lca_config(args), args.channels[2:], args.kernels[1:],
+                             args.strides[1:], args.paddings[1:], args.pools[1:], args.fc,
+                             args.act, args.loss, args.softmax)
     else:
         model = build_cnn(shape, args.channels, args.kernels, args.strides, args.paddings,
                           args.pools, args.fc, args.act, args.loss, args.softmax, is_vf(args))

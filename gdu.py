@@ -18,17 +18,20 @@ import math
 import torch
 from torch import Tensor
 
-from model_utils import EnergyNet, States, relax, share_feedback_updates, update_rule_pre
+from model_utils import (EnergyNet, States, flat_states, map_states, relax,
+                         share_feedback_updates, update_rule_pre)
 
 Updates = dict[str, Tensor]  # name -> tensor of shape (T2, *shape): one entry per step t
 
 
 def update_names(model: EnergyNet) -> list[str]:
-    """s1.. for the layers, then W/b/B with the weight layer's number, in parameters() order."""
-    letters = {"weight": "W", "bias": "b", "feedback": "B"}
+    """s1.. for the layers, then W/b/B (D for LCANet's dictionary) with the weight layer's
+    number, in parameters() order."""
     names = [f"s{k}" for k in range(1, model.n_states + 1)]
     for name, _ in model.named_parameters():
         _, index, kind = name.split(".")
+        syn = model.synapses[int(index)]
+        letters = {"weight": getattr(syn, "weight_letter", "W"), "bias": "b", "feedback": "B"}
         names.append(f"{letters[kind]}{int(index) + 1}")
     return names
 
@@ -38,28 +41,36 @@ def bptt_updates(model: EnergyNet, x: Tensor, y: Tensor, s_start: States, T2: in
     with the sign of a descent step.
 
     Neurons: -dL/da at the input a of the activation of the step that gave s_{T1-t}, the
-    quantity EP's neural update approximates (dL/ds would differ by act'(a) from it).
+    quantity EP's neural update approximates (dL/ds would differ by act'(a) from it); for a
+    layer with hidden variables (LCANet's code) a is the input of its whole update.
     Weights: the gradient of L through that step alone.
     """
     params = list(model.parameters())
     with torch.enable_grad():
         batch = model.batch(x, y)  # a drive with its graph: a lone layer's state hangs on it
-        path = [[t.detach().requires_grad_() for t in s_start]]
-        for _ in range(T2):
-            path.append(model.step(batch, path[-1]))
-        loss = model.loss(path[-1], batch.target).sum()  # a sum: per-sample state gradients
-        flat = torch.autograd.grad(loss, [t for states in path[1:] for t in states],
+        path = [map_states(lambda t: t.detach().requires_grad_(), s_start)]
+        # each step reads its own view of the states: the gradient at a view flows back only
+        # through that step, not through the rest of the step that made it (a code a = T(u)
+        # would otherwise count the path through a twice: in dL/da and in dL/du)
+        read = []
+        for _ in range(T2 + 1):
+            read.append(map_states(lambda t: t.view_as(t), path[-1]))
+            if len(read) <= T2:
+                path.append(model.step(batch, read[-1]))
+        loss = model.loss(read[-1], batch.target).sum()  # a sum: per-sample state gradients
+        flat = torch.autograd.grad(loss, [t for s in read[1:] for t in flat_states(s)],
                                    materialize_grads=True)
-        n = model.n_states
+        n, m = model.n_states, len(flat_states(s_start))
         per_step = []
         for tau in range(T2):  # step tau alone, from its detached input state
-            field = model.field(model.batch(x), [t.detach() for t in path[tau]])
-            out = [layer.act(a) for layer, a in zip(model.neurons, field)]
-            grads = torch.autograd.grad(out, field + params, flat[tau * n:(tau + 1) * n],
-                                        materialize_grads=True)
+            before = map_states(Tensor.detach, path[tau])
+            field = model.field(model.batch(x), model.visible(before))
+            out = [layer.update(a, old) for layer, a, old in zip(model.neurons, field, before)]
+            grads = torch.autograd.grad(flat_states(out), field + params,
+                                        flat[tau * m:(tau + 1) * m], materialize_grads=True)
             per_step.append([-g for g in grads[:n]] + [g / x.shape[0] for g in grads[n:]])
         if model.softmax:  # the read-out's gradient comes from the loss, outside any step
-            last = [t.detach() for t in path[-1]]
+            last = map_states(Tensor.detach, path[-1])
             direct = torch.autograd.grad(model.loss(last, batch.target).sum(), params,
                                          materialize_grads=True)
             per_step[-1][n:] = [g + d / x.shape[0] for g, d in zip(per_step[-1][n:], direct)]
@@ -87,7 +98,8 @@ def ep_updates(model: EnergyNet, x: Tensor, y: Tensor, s_free: States, T2: int, 
             grads = [(a - b).mul_(scale) for a, b in zip(dphi, dphi_next)]
             if same_update:
                 share_feedback_updates(model, grads)
-            per_step.append([(b - a) / beta for a, b in zip(s, s_next)] + grads)
+            per_step.append([(b - a) / beta for a, b in zip(model.visible(s),
+                                                             model.visible(s_next))] + grads)
             s, dphi = s_next, dphi_next
     return _stack(update_names(model), per_step)
 
@@ -131,8 +143,8 @@ def tie_feedback(updates: Updates) -> Updates:
 def free_drift(model: EnergyNet, x: Tensor, s_free: States) -> float:
     """max |s_{T1+1} - s_T1|: how far the free phase is from the fixed point the theorem needs."""
     with torch.no_grad():
-        return max((a - b).abs().max().item()
-                   for a, b in zip(s_free, model.step(model.batch(x), s_free)))
+        return max((a - b).abs().max().item() for a, b in
+                   zip(flat_states(s_free), flat_states(model.step(model.batch(x), s_free))))
 
 
 def gdu_check(model: EnergyNet, x: Tensor, y: Tensor, T1: int, T2: int, beta: float,

@@ -145,14 +145,25 @@ def build_parser() -> Parser:
     g.add_argument("--predict-step", type=int, default=None, help="free steps for predictions")
     g.add_argument("--train-attack-step", type=int, default=None, help="attack steps in advtrain")
     g.add_argument("--attack-norm", default=None, help="2 or inf (100 means inf)")
-    g = p.add_argument_group("LCANet (later)")
-    g.add_argument("--n_feats", type=int, default=None, help="LCA dictionary atoms")
-    g.add_argument("--lca_lambda", type=float, default=None, help="LCA threshold lambda")
-    g.add_argument("--tau", type=float, default=None, help="LCA time constant")
-    g.add_argument("--eta", type=float, default=None, help="LCA dictionary step")
-    g.add_argument("--lca_stride", type=int, default=None, help="LCA stride")
-    g.add_argument("--lca_iters", type=int, default=None, help="LCA iterations per network step")
-    g.add_argument("--dict_loss", default=None, help="recon, class or both")
+    g = p.add_argument_group("LCANet (--model LCACNN; entry 0 of the conv lists is the LCA layer)")
+    g.add_argument("--n_feats", type=int, default=None,
+                   help="dictionary atoms (the first entry of --channels)")
+    g.add_argument("--lca_lambda", type=float, default=None, help="threshold lambda (0.25)")
+    g.add_argument("--tau", type=float, default=None, help="time constant, in iterations (100)")
+    g.add_argument("--eta", type=float, default=None,
+                   help="unsupervised dictionary step (1e-3; --dict_loss recon or both)")
+    g.add_argument("--lca_stride", type=int, default=None,
+                   help="stride of the atoms (the first entry of --strides)")
+    g.add_argument("--lca_iters", type=int, default=None,
+                   help="LCA iterations per network step (1)")
+    g.add_argument("--dict_loss", default=None,
+                   help="what trains the dictionary: recon, class or both (combo) (both)")
+    g.add_argument("--lca_feedback", type=float, default=None,
+                   help="scale of the top-down input into the code's potentials (1)")
+    g.add_argument("--lca_signed", action="store_true",
+                   help="a two-sided threshold (the code may be negative)")
+    g.add_argument("--lca_raw_input", action="store_true",
+                   help="code the image as given, not standardised per image")
     del add
     return p
 
@@ -261,10 +272,13 @@ def evaluate(job: Job) -> int:
     args = job.args
     best = load_best(job)
     explicit = args.dynamics == "explicit"
-    train_acc, _ = evaluate_split(job.model, job.train, args.alg, args.T1, explicit, args.mbs)
-    test_acc, _ = evaluate_split(job.model, job.test, args.alg, args.T1, explicit, args.mbs)
+    train = evaluate_split(job.model, job.train, args.alg, args.T1, explicit, args.mbs)
+    test = evaluate_split(job.model, job.test, args.alg, args.T1, explicit, args.mbs)
     line = (f"evaluate {BEST_MODEL} (epoch {best['epoch']}, T1 {args.T1}): train accuracy "
-            f"{train_acc:.2f}%, test accuracy {test_acc:.2f}%")
+            f"{train['acc']:.2f}%, test accuracy {test['acc']:.2f}%")
+    if "recon_error" in test:
+        line += (f"; test code: reconstruction error {test['recon_error']:.4f}, sparsity "
+                 f"{test['sparsity']:.4f} (fraction of active entries)")
     print(line)
     try:
         append_text(Path(args.load_path) / HYPERPARAMETERS, f"\n{line}\n")

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lca_layer import LCANeurons, SparseCoding
+
 # one entry per layer: a tensor, or a tuple (visible, *hidden) for a layer with hidden variables
 LayerState = Tensor | tuple[Tensor, ...]
 States = list[LayerState]
@@ -219,8 +221,11 @@ class Batch:
 
 
 class Neurons:
-    """A layer of neurons: after a step its state is act(dPhi/ds). A layer with hidden
-    variables (LCA's membrane potential) subclasses this; its state is (visible, *hidden)."""
+    """A layer of neurons: after a step its state is act(dPhi/ds). A layer type with hidden
+    variables (`lca_layer.LCANeurons`: the code and its potentials) has the same methods, its
+    state is (visible, *hidden) and `hidden` is True."""
+
+    hidden = False
 
     def __init__(self, act):
         self.act = act
@@ -231,11 +236,20 @@ class Neurons:
     def update(self, field: Tensor, state: LayerState) -> LayerState:
         return self.act(field)
 
+    def feedforward(self, field: Tensor) -> LayerState:
+        """The state a bottom-up field alone gives (the feed-forward pass of BP)."""
+        return self.act(field)
+
 
 def map_states(fn, *states: States) -> States:
     """`fn` applied to every tensor of one or more state lists, layer by layer."""
     return [tuple(map(fn, *layer)) if isinstance(layer[0], tuple) else fn(*layer)
             for layer in zip(*states)]
+
+
+def flat_states(s: States) -> list[Tensor]:
+    """Every tensor of a state list, hidden ones included, in order."""
+    return [t for layer in s for t in (layer if isinstance(layer, tuple) else (layer,))]
 
 
 class EnergyNet(nn.Module):
@@ -247,7 +261,7 @@ class EnergyNet(nn.Module):
     """
 
     def __init__(self, synapses: list[nn.Module], input_shape: tuple[int, ...], act: str,
-                 loss: str, softmax: bool, neurons: list[Neurons] | None = None):
+                 loss: str, softmax: bool, neurons: list | None = None):
         super().__init__()
         self.synapses = nn.ModuleList(synapses)
         self.input_shape = tuple(input_shape)
@@ -256,12 +270,15 @@ class EnergyNet(nn.Module):
         self.free_steps = 30  # forward()'s default; config.build_model sets it from --T1
         # a plain tuple (not a ModuleList slice, which costs ~15 us to build on every step)
         self.energy_synapses = tuple(self.synapses[: self.n_states])
-        if neurons is None:
-            neurons = [Neurons(ACTIVATIONS[act]) for _ in range(self.n_states)]
-            if loss == "cel" and not softmax:  # a linear output layer
-                neurons[-1] = Neurons(identity)
-        self.neurons = neurons
-        self.hidden_states = any(type(n) is not Neurons for n in neurons)
+        defaults = [Neurons(ACTIVATIONS[act]) for _ in range(self.n_states)]
+        if loss == "cel" and not softmax:  # a linear output layer
+            defaults[-1] = Neurons(identity)
+        neurons = neurons or []  # given for the first layers (LCANet's code)
+        self.neurons = list(neurons) + defaults[len(neurons):]
+        self.hidden_states = any(n.hidden for n in neurons)
+        # synapses that couple their output layer to itself (LCA's lateral inhibition)
+        self.self_coupled = tuple((k, syn) for k, syn in enumerate(self.energy_synapses)
+                                  if hasattr(syn, "self_field"))
         with torch.no_grad():
             h, shapes = torch.zeros(1, *input_shape), []
             for syn in self.energy_synapses:
@@ -334,6 +351,8 @@ class EnergyNet(nn.Module):
         for syn, h, out in zip(self.energy_synapses, [x] + s[:-1], pre):
             if syn.feedback is not None:
                 phi = phi + (syn.feedback_up(h) * out).flatten(1).sum(1)
+        for k, syn in self.self_coupled:
+            phi = phi + syn.self_energy(s[k])
         if not _is_zero(batch.beta):
             phi = phi - _per_sample(batch.beta, phi) * self.loss(s, batch.target)
         return phi
@@ -391,15 +410,40 @@ class EnergyNet(nn.Module):
         elif beta != 0:
             last = last.add(self.loss_grad(s, batch.target), alpha=-beta)
         grads.append(last)
+        for k, syn in self.self_coupled:
+            grads[k] = grads[k] + syn.self_field(s[k])
         return grads
 
     def feedforward(self, x: Tensor) -> States:
         """One bottom-up pass through the same layers, no recurrence (the BP baseline)."""
         s, h = [], x
         for syn, n in zip(self.energy_synapses, self.neurons):
-            h = n.act(syn.up(h)[0])
-            s.append(h)
+            state = n.feedforward(syn.up(h)[0])
+            s.append(state)
+            h = state[0] if n.hidden else state
         return s
+
+    @property
+    def sparse_coding(self) -> SparseCoding | None:
+        """LCANet's dictionary layer (the first synapse), or None."""
+        first = self.synapses[0]
+        return first if isinstance(first, SparseCoding) else None
+
+    def code_stats(self, x: Tensor, s: States) -> dict[str, Tensor]:
+        """LCANet's code at states s, per sample: reconstruction error 1/2 ||x - D^T a||^2 and
+        sparsity, the fraction of code entries that are active (not zero). Empty for others."""
+        if self.sparse_coding is None:
+            return {}
+        a = self.visible(s)[0]
+        return {"recon_error": self.sparse_coding.reconstruction_error(x, a),
+                "sparsity": (a != 0).flatten(1).to(a.dtype).mean(1)}
+
+    @torch.no_grad()
+    def after_update(self, x: Tensor, s_free: States) -> None:
+        """What follows each optimizer step: LCANet's unsupervised dictionary step at the free
+        code (with --dict_loss recon or both) and its atoms back to unit norm."""
+        if self.sparse_coding is not None:
+            self.sparse_coding.after_update(x, self.visible(s_free)[0])
 
 
 def _layout(shape: torch.Size) -> torch.memory_format:
@@ -581,18 +625,58 @@ def build_mlp(archi: list[int], act: str, loss: str, softmax: bool,
 def build_cnn(input_shape: tuple[int, int, int], channels: list[int], kernels: list[int],
               strides: list[int], paddings: list[int], pools: str, fc: list[int], act: str,
               loss: str, softmax: bool, vf: bool = False) -> EnergyNet:
+    return EnergyNet(conv_synapses(input_shape, channels, kernels, strides, paddings, pools, fc,
+                                   softmax, vf), input_shape, act, loss, softmax)
+
+
+def conv_synapses(input_shape: tuple[int, int, int], channels: list[int], kernels: list[int],
+                  strides: list[int], paddings: list[int], pools: str, fc: list[int],
+                  softmax: bool, vf: bool = False, first: int = 0) -> list[nn.Module]:
+    """Conv layers (one per entry of channels) then linear layers; `first`: the index of the
+    first of them in the whole network (where VF feedback starts)."""
     c_in, size, _ = input_shape
-    n = len(channels) + len(fc)
+    n = first + len(channels) + len(fc)
     synapses: list[nn.Module] = []
     for k, (c_out, kern, st, p, pool) in enumerate(zip(channels, kernels, strides, paddings,
-                                                        pools)):
+                                                        pools), first):
         feedback = gets_feedback(k, n, vf, softmax)
         synapses.append(ConvPool(c_in, c_out, kern, st, p, pool, feedback))
         c_in, size = c_out, conv_output_size(size, kern, st, p, pool)
     widths = [c_in * size * size] + list(fc)
     synapses += [Dense(a, b, gets_feedback(k, n, vf, softmax))
-                 for k, (a, b) in enumerate(zip(widths[:-1], widths[1:]), len(channels))]
-    return EnergyNet(synapses, input_shape, act, loss, softmax)
+                 for k, (a, b) in enumerate(zip(widths[:-1], widths[1:]), first + len(channels))]
+    return synapses
+
+
+@dataclass(frozen=True)
+class LCAConfig:
+    """The sparse-coding layer of LCANet (--n_feats, --lca_lambda, --tau, ...)."""
+    n_feats: int = 32
+    kernel: int = 5
+    stride: int = 1
+    padding: int = 0
+    lam: float = 0.25
+    tau: float = 100.0
+    iters: int = 1
+    learned: bool = True  # D trained by the classification gradient (--dict_loss class, both)
+    eta: float = 0.0  # the unsupervised dictionary step (--dict_loss recon, both)
+    nonneg: bool = True
+    standardise: bool = True
+    feedback_scale: float = 1.0
+
+
+def build_lcanet(input_shape: tuple[int, int, int], lca: LCAConfig, channels: list[int],
+                 kernels: list[int], strides: list[int], paddings: list[int], pools: str,
+                 fc: list[int], act: str, loss: str, softmax: bool) -> EnergyNet:
+    """LCANet: the LCA code of the image, then a CNN (conv layers `channels`, the first of
+    which reads the code's n_feats maps, then linear layers `fc`) over it."""
+    coding = SparseCoding(input_shape, lca.n_feats, lca.kernel, lca.stride, lca.padding,
+                          lca.learned, lca.eta, lca.standardise, lca.feedback_scale)
+    size = conv_output_size(input_shape[1], lca.kernel, lca.stride, lca.padding, "i")
+    synapses = [coding] + conv_synapses((lca.n_feats, size, size), channels, kernels, strides,
+                                        paddings, pools, fc, softmax, first=1)
+    neurons = [LCANeurons(coding, lca.lam, lca.tau, lca.iters, lca.nonneg)]
+    return EnergyNet(synapses, input_shape, act, loss, softmax, neurons)
 
 
 def scale_init(model: nn.Module, scale: float) -> None:

@@ -23,14 +23,43 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
 
 
 def plot_accuracy(history: dict[str, list], path: Path) -> None:
-    """train-test_acc.png: train and test accuracy per epoch."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """train-test_acc.png: train and test accuracy per epoch; for LCANet also the code's
+    reconstruction error and sparsity (test split) beside it."""
+    code = [(k, label) for k, label in (("recon_error", "reconstruction error"),
+                                        ("sparsity", "fraction of active code entries"))
+            if k in history]
+    fig, axes = plt.subplots(1, 1 + len(code), figsize=(6 + 4 * len(code), 4), squeeze=False)
+    ax = axes[0, 0]
     ax.plot(history["epoch"], history["train_acc"], "o-", label="train")
     ax.plot(history["epoch"], history["test_acc"], "s-", label="test")
-    ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
     ax.legend()
+    for ax, (key, label) in zip(axes[0, 1:], code):
+        points = [(e, v) for e, v in zip(history["epoch"], history[key]) if v is not None]
+        ax.plot(*zip(*points), "o-", color="C2")
+        ax.set_ylabel(label)
+    for ax in axes[0]:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_dictionary(dictionary: Tensor, path: Path) -> None:
+    """dictionary.png: every atom of LCANet's dictionary, each scaled to its own range."""
+    atoms = dictionary.detach().float().cpu()
+    n = atoms.shape[0]
+    cols = min(n, 8)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, atom in zip(axes.flat, atoms):
+        low, high = atom.min(), atom.max()
+        image = ((atom - low) / (high - low).clamp_min(1e-12)).permute(1, 2, 0)
+        ax.imshow(image.squeeze(2) if image.shape[2] == 1 else image, cmap="gray",
+                  interpolation="nearest")
+    fig.suptitle(f"{n} atoms of {atoms.shape[2]}x{atoms.shape[3]}")
     save_figure(fig, path)
 
 

@@ -21,6 +21,7 @@ BEST_MODEL, FINAL_MODEL = "model.pt", "final_model.pt"
 METRICS = "metrics.csv"
 GDU_METRICS = "gdu_metrics.json"
 HYPERPARAMETERS = "hyperparameters.txt"
+DICTIONARY = "dictionary.png"
 
 
 def new_run_dir(root: str, alg: str, loss: str, now: datetime | None = None) -> Path:

@@ -24,12 +24,13 @@ from errors import Diverged, UsageError
 from gdu import gdu_check, mean_rmse
 from model_utils import (EnergyNet, Phases, States, bp_gradients, bptt_gradients, ep_gradients,
                          free_phase)
-from results import (BEST_MODEL, CHECKPOINT, FINAL_CHECKPOINT, FINAL_MODEL, METRICS,
+from results import (BEST_MODEL, CHECKPOINT, DICTIONARY, FINAL_CHECKPOINT, FINAL_MODEL, METRICS,
                      atomic_save, load_weights, write_metrics)
 
 EVAL_MBS = 500
 HISTORY_KEYS = ("epoch", "train_acc", "test_acc", "train_loss", "seconds")
 CHECK_THM_SAMPLES = 5
+CODE_KEYS = ("recon_error", "sparsity")  # LCANet's code on the test split, per epoch
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -80,15 +81,18 @@ def predict(model: EnergyNet, x: Tensor, alg: str, T1: int, explicit: bool = Tru
 
 @torch.no_grad()
 def evaluate_split(model: EnergyNet, data: Split, alg: str, T1: int, explicit: bool = True,
-                   mbs: int = EVAL_MBS) -> tuple[float, float]:
-    """Accuracy (%) and mean loss over a whole split."""
-    correct, loss = 0.0, 0.0
+                   mbs: int = EVAL_MBS) -> dict[str, float]:
+    """Over a whole split: accuracy (%), mean loss and, for LCANet, the code's mean
+    reconstruction error and sparsity (EnergyNet.code_stats)."""
+    sums: dict[str, Tensor] = {}
     for i in range(0, len(data), mbs):
         x, y = data.x[i:i + mbs], data.y[i:i + mbs]
         s = predict(model, x, alg, T1, explicit)
-        correct += (model.logits(s).argmax(1) == y).sum().item()
-        loss += model.loss(s, model.one_hot(y, x)).sum().item()
-    return 100 * correct / len(data), loss / len(data)
+        per_sample = {"acc": 100.0 * (model.logits(s).argmax(1) == y),
+                      "loss": model.loss(s, model.one_hot(y, x)), **model.code_stats(x, s)}
+        for key, values in per_sample.items():
+            sums[key] = sums.get(key, 0) + values.sum()
+    return {key: value.item() / len(data) for key, value in sums.items()}
 
 
 @dataclass
@@ -232,6 +236,7 @@ class Trainer:
         for b, (x, y) in enumerate(stream, done):
             s = self.train_batch(x, y)
             self.optimizer.step()
+            self.model.after_update(x, s)
             with torch.no_grad():  # one device sync per batch: the stats and a finiteness check
                 weight_sum = torch.stack([p.sum() for p in params]).sum()
                 loss = self.model.loss(s, self.model.one_hot(y, x)).sum()
@@ -271,8 +276,8 @@ class Trainer:
     def end_epoch(self) -> None:
         """Evaluate, log, plot and checkpoint after a full epoch."""
         cur, args = self.cursor, self.args
-        test_acc, _ = evaluate_split(self.model, self.test, args.alg, args.T1,
-                                     self.phases.explicit)
+        scores = evaluate_split(self.model, self.test, args.alg, args.T1, self.phases.explicit)
+        test_acc = scores["acc"]
         self.epoch += 1
         row = (self.epoch, 100 * cur.correct / cur.seen, test_acc, cur.loss_sum / cur.seen,
                cur.seconds)
@@ -282,6 +287,9 @@ class Trainer:
             self.log("gdu_rmse", sum(cur.gdu_rmse) / len(cur.gdu_rmse))
         for k, v in self.model.feedback_angles().items():
             self.log(k, v)
+        for k in CODE_KEYS:
+            if k in scores:
+                self.log(k, scores[k])
         self.cursor = None
         step_scheduler(self.scheduler)
         if test_acc > self.best_acc:  # the best model before the checkpoint that records it
@@ -294,6 +302,8 @@ class Trainer:
         if self.run_dir is not None and self.last_free_states:
             plots.plot_activity(self.model.visible(self.last_free_states),
                                 self.run_dir / "neural_activity.png")
+        if self.run_dir is not None and self.model.sparse_coding is not None:
+            plots.plot_dictionary(self.model.sparse_coding.weight, self.run_dir / DICTIONARY)
 
     def fit(self, total: int) -> bool:
         """Train until `total` epochs are done; False if Ctrl-C or SIGTERM stopped it (with a

@@ -7,6 +7,7 @@ import main
 from helpers import TINY_MLP, cli
 
 CNN = ["--model", "CNN"]
+LCA = ["--model", "LCACNN"]
 BAD_INPUTS = [
     (["--model", "RNN"], "--model 'RNN' is unknown"),
     (["--task", "SVHN"], "--task 'SVHN' is unknown"),
@@ -35,7 +36,25 @@ BAD_INPUTS = [
     (CNN + ["--archi", "784", "10"], "--archi does not apply to --model CNN"),
     (["--eps", "0.1"], "--eps only applies with --todo attack"),
     (["--lca_lambda", "0.2"], "--lca_lambda only applies with --model LCACNN"),
-    (["--model", "LCACNN"], "--model LCACNN is not available yet"),
+    (["--n_feats", "32"], "--n_feats only applies with --model LCACNN"),
+    (CNN + ["--lca_signed"], "--lca_signed only applies with --model LCACNN"),
+    (LCA + ["--archi", "784", "10"], "--archi does not apply to --model LCACNN"),
+    (LCA + ["--dict_loss", "other"], "--dict_loss 'other' is unknown; choose one of recon, class"),
+    (LCA + ["--dict_loss", "class", "--eta", "0.1"], "--eta 0.1: with --dict_loss class only"),
+    (LCA + ["--channels", "32"], "--channels 32: LCANet reads the number of atoms, then"),
+    (LCA + ["--channels", "32", "16", "64"], "the second entry must be 32 too"),
+    (LCA + ["--kernels", "5"], "--kernels has 1 entries but --channels 32 32 64 gives 2 layers"),
+    (LCA + ["--strides", "1", "1", "1", "1"], "--strides has 4 entries but --channels 32 32 64"),
+    (LCA + ["--paddings", "0"], "--paddings has 1 entries but --channels 32 32 64 gives 2"),
+    (LCA + ["--pools", "mm"], "--pools mm: the first letter is the LCA layer's"),
+    (LCA + ["--channels", "8", "8", "16", "--n_feats", "16"], "--n_feats 16 disagrees with"),
+    (LCA + ["--lca_stride", "2", "--strides", "1", "1"], "--lca_stride 2 disagrees with --strides"),
+    (LCA + ["--lrs", "0.1", "0.1"], "--lrs has 2 entries but the model has 3 layers"),
+    (LCA + ["--tau", "0.5"], "--tau 0.5: the LCA time constant counts iterations"),
+    (LCA + ["--lca_iters", "0"], "--lca_iters 0: give 1 to 100,000 LCA iterations"),
+    (LCA + ["--lca_lambda", "-1"], "--lca_lambda -1: the threshold must be 0 or more"),
+    (LCA + ["--lca_feedback", "0"], "--lca_feedback 0: the top-down scale must be in (0, 100]"),
+    (LCA + ["--n_feats", "0"], "--n_feats 0: a number of atoms must be at least 1"),
     (["--todo", "attack"], "--todo attack is not available yet"),
     (["--dropouts", "1", "1"], "--dropouts is not available yet"),
     (["--same-update"], "--same-update only applies to --model VFMLP or VFCNN with --alg EP"),
@@ -110,7 +129,7 @@ SPEC_FLAGS = """--model --task --data-aug --lr-decay --scale --archi --channels 
 --thirdphase --same-update --loss --softmax --optim --lrs --wds --mmt --epochs --mbs --seed
 --device --save --load-path --eps --image-print --attack-step --predict-step
 --train-attack-step --attack-norm --n_feats --lca_lambda --tau --eta --lca_stride --lca_iters
---dict_loss --dropouts""".split()
+--dict_loss --dropouts --lca_feedback --lca_signed --lca_raw_input""".split()
 
 
 def test_help_lists_every_flag(capsys):

@@ -201,6 +201,8 @@ def test_forward_is_the_free_phase_and_differentiable_in_x(build):
 class LeakyNeurons(Neurons):
     """A layer with a hidden potential u: u <- u + (field - u) / 2, visible state tanh(u)."""
 
+    hidden = True
+
     def init(self, zeros):
         return zeros, zeros.clone()
 

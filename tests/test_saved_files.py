@@ -184,7 +184,7 @@ def test_a_published_results_folder_loads(tmp_path, capsys):
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [
         g["lr"] for g in opt.param_groups[:3]]
     assert trainer.scheduler.last_epoch == 2
-    expected = evaluate_split(model, test, "EP", 5)[0]
+    expected = evaluate_split(model, test, "EP", 5)["acc"]
 
     capsys.readouterr()
     rc, out, _ = cli(ARCH + ["--todo", "evaluate", "--T1", "5", "--load-path", run], capsys)

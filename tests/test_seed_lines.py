@@ -20,8 +20,6 @@ ALL = [words[2:] for words in SEED_LINES] + CHECK_LINES
 
 def later_reason(args) -> str | None:
     """What a line needs that later versions add (None if this version runs it)."""
-    if args.model in config.LATER_MODELS:
-        return f"--model {args.model} is not available yet"
     if args.todo in config.LATER_TODOS:
         return f"--todo {args.todo} is not available yet"
     if args.dropouts is not None:
@@ -43,6 +41,12 @@ def test_line_builds_its_model_or_fails_in_one_line(argv, capsys):
     if config.MODELS[args.model] == "cnn":
         assert [syn.out_channels for syn in model.synapses[:len(args.channels)]] == args.channels
         assert [syn.pool for syn in model.synapses[:len(args.channels)]] == list(args.pools)
+    if config.MODELS[args.model] == "lca":  # atoms, then the conv layers from their input on
+        convs = model.synapses[1:len(args.channels) - 1]
+        assert model.sparse_coding.weight.shape[:2] == (args.channels[0], 1)
+        assert [syn.in_channels for syn in convs] == args.channels[1:-1]
+        assert [syn.out_channels for syn in convs] == args.channels[2:]
+        assert [syn.pool for syn in convs] == list(args.pools[1:])
     assert len(model.synapses) == len(args.lrs)
     assert model.has_feedback == args.model.startswith("VF")
     assert model.softmax == args.softmax and model.n_states == len(model.state_shapes)
@@ -51,7 +55,7 @@ def test_line_builds_its_model_or_fails_in_one_line(argv, capsys):
     with torch.no_grad():
         batch = model.batch(x, torch.tensor([1, 2]), args.betas[1])
         s = model.step(batch, model.init_states(x))
-    assert [t.shape[1:] for t in s] == model.state_shapes
+    assert [t.shape[1:] for t in model.visible(s)] == model.state_shapes
     assert model.logits(s).shape == (2, 10)
 
 

@@ -1,0 +1,2 @@
+# LCANet on MNIST trained with backprop (the seed's line): the code solved by 600 LCA iterations
+python main.py --model 'EPLCACNN' --task 'MNIST' --alg 'BP' --channels 32 32 64 --kernels 5 5 --paddings 0 0 0 --strides 1 1 1 --optim 'adam' --lrs 1e-4 1e-5 8e-6 --pools 'imm' --epochs 20 --act 'mysig' --todo 'train' --betas 0.0 0.1 --T1 30 --T2 10 --mbs 50 --device 3 --save --lca_lambda 0.25 --tau 200 --lca_iters 600 --softmax --loss cel --dict_loss 'class' --seed 2 "$@"
