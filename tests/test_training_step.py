@@ -23,6 +23,9 @@ ARCHS = {  # flags, number of weight layers
     "VFMLP": (["--archi", "784", "24", "16", "10"], 3),
     "CNN": (["--channels", "4", "6", "--kernels", "5", "3", "--pools", "ma", "--fc", "10"], 3),
     "VFCNN": (["--channels", "4", "6", "--kernels", "5", "3", "--pools", "mm", "--fc", "10"], 3),
+    "LCACNN": (["--channels", "4", "4", "6", "--kernels", "5", "3", "--strides", "2", "1",
+                "--paddings", "2", "1", "--pools", "im", "--tau", "8", "--lca_iters", "2",
+                "--eta", "0.05"], 3),
 }
 OPTIMS = {"sgd": ["--optim", "sgd", "--mmt", "0.9"], "adam": ["--optim", "adam"]}
 CASES = [(m, o, a) for m in ARCHS for o in OPTIMS for a in ("EP", "BPTT", "BP")
@@ -44,14 +47,31 @@ def plain_loop(model, args, data, n_batches):
         idx = perm[b * args.mbs:(b + 1) * args.mbs]
         x, y = data.x[idx], data.y[idx]
         if args.alg == "EP":
-            ep_gradients(model, x, y, ph)
+            s = ep_gradients(model, x, y, ph)
         elif args.alg == "BPTT":
-            bptt_gradients(model, x, y, ph)
+            s = bptt_gradients(model, x, y, ph)
         else:
-            bp_gradients(model, x, y)
+            s = bp_gradients(model, x, y)
         for p in model.parameters():
             p.grad = p.grad.contiguous()
         optimizer.step()
+        if model.sparse_coding is not None:
+            dictionary_step(model.sparse_coding.weight, x, s[0][0], args.eta, args.strides[0],
+                            args.paddings[0])
+
+
+def dictionary_step(D, x, a, eta, stride, padding):
+    """LCANet after the optimizer: a gradient step on the batch-mean reconstruction error at the
+    free code (a transposed convolution here, autograd for its gradient), then unit atoms."""
+    with torch.enable_grad():
+        x = (x - x.mean((1, 2, 3), keepdim=True)) / (x.std((1, 2, 3), keepdim=True) + 1e-6)
+        d = D.detach().requires_grad_()
+        recon = torch.nn.functional.conv_transpose2d(a, d, stride=stride, padding=padding,
+                                                     output_padding=1)
+        (grad,) = torch.autograd.grad(0.5 * (x - recon).pow(2).sum() / len(x), d)
+    with torch.no_grad():
+        D.sub_(eta * grad)
+        D.div_(D.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -66,8 +86,9 @@ def test_weights_after_training_equal_a_plain_optimizer_loop(model_name, optim, 
     config.validate(args, typed)
     model = config.build_model(args).to(device)
     with torch.no_grad():  # large enough weights that every layer's update matters
-        for p in model.parameters():
-            p.mul_(3)
+        for name, p in model.named_parameters():
+            if model.sparse_coding is None or p is not model.sparse_coding.weight:
+                p.mul_(3)
     reference, initial = copy.deepcopy(model), copy.deepcopy(model.state_dict())
     data = Split(torch.rand(32, 1, 28, 28, device=device), torch.arange(32, device=device) % 10)
     trainer = Trainer(model, data, data, args, None)
