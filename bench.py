@@ -1,10 +1,11 @@
 """Time one EP training batch with the explicit dynamics against the autograd-of-Phi dynamics.
 
-    python bench.py                      # both published MNIST lines, prints a markdown table
+    python bench.py                      # the published MNIST lines, prints markdown tables
     python bench.py --write BENCHMARKS.md --repeats 7
 
 Both dynamics run in the same process on the same weights and batch (ratios, not absolute
-times, are what compare across machines); the free states of the two must agree.
+times, are what compare across machines); the free states of the two must agree. For LCANet
+a second table puts one LCA iteration next to one step of the whole network.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import torch
 import config
 import main
 from data_utils import load_task
-from model_utils import free_phase
+from model_utils import flat_states, free_phase
 from trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent
 LINES = {"MNIST MLP (784-512-10, T1 30, T2 10, mbs 50)": "train_mnist_mlp.sh",
-         "MNIST CNN (32-64, T1 200, T2 10, mbs 100)": "train_mnist_cnn.sh"}
+         "MNIST CNN (32-64, T1 200, T2 10, mbs 100)": "train_mnist_cnn.sh",
+         "MNIST LCANet (32 atoms 5x5, conv 32-64, T1 30, T2 10, mbs 50)": "train_mnist_eplcanet.sh"}
 
 
 def published_args(script: str, extra: list[str]):
@@ -69,7 +71,8 @@ def run(repeats: int, device: torch.device) -> list[dict]:
         with torch.no_grad():  # same weights, same batch: the free states must agree
             s_auto, s_expl = (free_phase(trainers[d].model, x, args.T1, d == "explicit")
                               for d in ("autograd", "explicit"))
-        diff = max((a - b).abs().max().item() for a, b in zip(s_auto, s_expl, strict=True))
+        diff = max((a - b).abs().max().item()
+                   for a, b in zip(flat_states(s_auto), flat_states(s_expl), strict=True))
         # alternating blocks of ~0.5 s: warm caches as in a run, drift spread over both paths
         block = max(1, round(0.5 / time_batch(trainers["explicit"], x, y)))
         times = {d: [] for d in trainers}
@@ -82,6 +85,46 @@ def run(repeats: int, device: torch.device) -> list[dict]:
         rows.append({"line": name, "autograd_ms": 1e3 * t_auto, "explicit_ms": 1e3 * t_expl,
                      "speedup": t_auto / t_expl, "max_state_diff": diff, "batches": n})
     return rows
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(max(3, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+@torch.no_grad()
+def lca_costs(repeats: int, device: torch.device) -> dict:
+    """The seed's EP LCANet line at its free state: one LCA iteration of the code (its
+    inhibition recomputed: the cost of each --lca_iters beyond the first) next to one whole
+    network step with --lca_iters 1 (the code's first iteration reuses the step's field)."""
+    args = published_args("train_mnist_eplcanet.sh", ["--device", "0", "--lca_iters", "1"])
+    torch.manual_seed(0)
+    model = config.build_model(args).to(device)
+    x = load_task("MNIST5K", "", device)[0].x[:args.mbs]
+    batch = model.batch(x)
+    s = free_phase(model, x, args.T1)
+    field = model.field(batch, model.visible(s))[0]
+    code = copy.copy(model.neurons[0])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    per_iters = {}
+    for code.iters in (1, 11):
+        per_iters[code.iters] = median_ms(lambda: (code.update(field, s[0]), sync()), repeats)
+    lca_ms = (per_iters[11] - per_iters[1]) / 10
+    step_ms = median_ms(lambda: (model.step(batch, s), sync()), repeats)
+    return {"lca_ms": lca_ms, "step_ms": step_ms, "share": lca_ms / step_ms, "mbs": args.mbs}
+
+
+def lca_table(costs: dict) -> str:
+    return "\n".join([
+        f"| LCANet, batch of {costs['mbs']} | one LCA iteration (ms) | one network step (ms) | "
+        "LCA share of a step |", "|---|---|---|---|",
+        f"| seed EP line | {costs['lca_ms']:.2f} | {costs['step_ms']:.2f} | "
+        f"{100 * costs['share']:.0f}% |"])
 
 
 def machine(device: torch.device) -> str:
@@ -116,8 +159,10 @@ def cli() -> None:
     a = p.parse_args()
     device = torch.device(a.device)
     rows = run(a.repeats, device)
+    costs = lca_costs(a.repeats, device)
     report = (f"### {time.strftime('%Y-%m-%d')}: {machine(device)}, torch {torch.__version__}\n\n"
-              f"`python bench.py --repeats {a.repeats} --device {a.device}`\n\n{table(rows)}\n")
+              f"`python bench.py --repeats {a.repeats} --device {a.device}`\n\n{table(rows)}\n\n"
+              f"{lca_table(costs)}\n")
     print(report)
     if a.write:
         with open(a.write, "a") as f:

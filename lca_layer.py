@@ -92,6 +92,25 @@ def sparse_code(x: Tensor, dictionary: Tensor, lam: float, tau: float, iters: in
     return lca_iterations(drive, zeros, zeros, inhibit, lam, tau, iters, nonneg)[0]
 
 
+@torch.no_grad()
+def gram_norm(dictionary: Tensor, stride: int, padding: int, size: tuple[int, int],
+              iters: int = 50) -> float:
+    """The largest eigenvalue of D * D^T (power iteration on one code map, seeded: it draws
+    nothing from the global generator). LCA settles only when tau exceeds half of it."""
+    gen = torch.Generator(device=dictionary.device).manual_seed(0)
+    probe = torch.zeros(1, dictionary.shape[1], *size, device=dictionary.device,
+                        dtype=dictionary.dtype)
+    v = torch.randn(correlate(probe, dictionary, stride, padding).shape, generator=gen,
+                    device=dictionary.device, dtype=dictionary.dtype)
+    norm = v.new_zeros(())
+    for _ in range(iters):
+        v = correlate(reconstruct(v, dictionary, stride, padding, size), dictionary, stride,
+                      padding)
+        norm = v.norm()
+        v = v / norm.clamp_min(1e-30)
+    return norm.item()
+
+
 def lasso_energy(x: Tensor, a: Tensor, dictionary: Tensor, lam: float, stride: int = 1,
                  padding: int = 0) -> Tensor:
     """E(a) per image: 1/2 ||x - D^T a||^2 + lambda ||a||_1."""
@@ -189,6 +208,10 @@ class SparseCoding(nn.Module):
         grad = torch.nn.grad.conv2d_weight(residual, self.weight.shape, a, self.stride,
                                            self.padding)
         return [grad.div_(self.feedback_scale)]
+
+    def stable_tau(self) -> float:
+        """The least tau at which LCA with this dictionary settles instead of oscillating."""
+        return gram_norm(self.weight, self.stride, self.padding, self.image_size) / 2
 
     def reconstruction_error(self, x: Tensor, a: Tensor) -> Tensor:
         """Per image: 1/2 ||x - D^T a||^2 (x as the code sees it)."""

@@ -57,7 +57,7 @@ def plot_dictionary(dictionary: Tensor, path: Path) -> None:
     for ax, atom in zip(axes.flat, atoms):
         low, high = atom.min(), atom.max()
         image = ((atom - low) / (high - low).clamp_min(1e-12)).permute(1, 2, 0)
-        ax.imshow(image.squeeze(2) if image.shape[2] == 1 else image, cmap="gray",
+        ax.imshow((image.squeeze(2) if image.shape[2] == 1 else image).numpy(), cmap="gray",
                   interpolation="nearest")
     fig.suptitle(f"{n} atoms of {atoms.shape[2]}x{atoms.shape[3]}")
     save_figure(fig, path)

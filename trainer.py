@@ -190,7 +190,10 @@ class Trainer:
         """Never write a non-finite weight: the files on disk stay the last good ones."""
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             raise Diverged(f"NaN or inf in the weights after epoch {self.epoch}: lower --lrs "
-                           f"(or --betas){self.files_kept()}")
+                           f"(or --betas{self.lca_hint()}){self.files_kept()}")
+
+    def lca_hint(self) -> str:
+        return ", or raise --tau" if self.model.sparse_coding is not None else ""
 
     def files_kept(self) -> str:
         return "; the last good checkpoint is kept" if self.run_dir is not None else ""
@@ -245,7 +248,8 @@ class Trainer:
             if not all(map(math.isfinite, stats)):
                 bar.close()
                 raise Diverged(f"NaN or inf in the states or weights at epoch {self.epoch + 1}, "
-                               f"batch {b + 1}: lower --lrs (or --betas){self.files_kept()}")
+                               f"batch {b + 1}: lower --lrs (or --betas{self.lca_hint()})"
+                               f"{self.files_kept()}")
             if self.args.check_thm and b % max(1, num_batches(n, self.args.mbs) // 10) == 0:
                 cur.gdu_rmse.append(self.check_theorem(x, y))
             cur.seen += len(y)
@@ -267,6 +271,18 @@ class Trainer:
         rmse = mean_rmse(result["metrics"]["one_sided"])
         tqdm.write(f"GDU check ({len(y[:k])} samples): mean normalised RMSE {rmse:.4f}")
         return rmse
+
+    def check_tau(self) -> None:
+        """LCANet: a notice when the dictionary has grown too coherent for --tau (the code then
+        oscillates and EP's gradient estimate degrades)."""
+        coding = self.model.sparse_coding
+        if coding is None:
+            return
+        least = coding.stable_tau()
+        if self.args.tau < least:
+            tqdm.write(f"notice: --tau {self.args.tau:g} is below {least:.1f}, half the largest "
+                       "eigenvalue of the dictionary's D * D^T: the code oscillates instead of "
+                       f"settling; resume with --tau {math.ceil(least * 1.5)} or more")
 
     def log(self, key: str, value: float) -> None:
         """One value of an optional column for this epoch (empty for epochs without one)."""
@@ -290,6 +306,7 @@ class Trainer:
         for k in CODE_KEYS:
             if k in scores:
                 self.log(k, scores[k])
+        self.check_tau()
         self.cursor = None
         step_scheduler(self.scheduler)
         if test_acc > self.best_acc:  # the best model before the checkpoint that records it
@@ -309,6 +326,7 @@ class Trainer:
         """Train until `total` epochs are done; False if Ctrl-C or SIGTERM stopped it (with a
         checkpoint saved: the interrupted epoch's position, or the epoch it just finished)."""
         previous = {sig: signal.signal(sig, self._on_stop_signal) for sig in STOP_SIGNALS}
+        self.check_tau()
         try:
             while self.epoch < total:
                 self.run_epoch(total)

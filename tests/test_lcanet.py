@@ -4,15 +4,15 @@ gradient of every weight (the dictionary D included) tends to BPTT's, and D lear
 import pytest
 import torch
 
+import config
+import main
 from gdu import gdu_check
+from helpers import assert_same_weights, cli, metrics, only_run_dir, weights
 from lca_layer import normalise_atoms, sparse_code, standardise
 from model_utils import (LCAConfig, Phases, autograd_step, bp_gradients, bptt_gradients,
                          build_lcanet, ep_gradients, flat_states, free_phase, scale_init)
 
 HEADS = [("mse", False), ("cel", False), ("cel", True)]
-
-pytestmark = pytest.mark.usefixtures("float64")
-
 
 def lcanet(loss="cel", softmax=True, pool="m", **lca):
     """4 atoms of 3x3 on 12x12 images, a 3x3 conv with pooling, a linear layer."""
@@ -47,6 +47,7 @@ def grads_of(model):
 @pytest.mark.parametrize("lca", [{}, {"feedback_scale": 0.3}, {"nonneg": False, "iters": 1},
                                  {"standardise": False, "stride": 2, "iters": 2}],
                          ids=["default", "feedback", "signed", "raw-stride2"])
+@pytest.mark.usefixtures("float64")
 def test_step_is_the_update_of_the_energys_derivative(loss, softmax, pool, lca):
     """Each layer's explicit step equals its update applied to autograd.grad(Phi, s): the code's
     potentials run their LCA iterations from f * dPhi/da, the other layers take act(dPhi/ds)."""
@@ -61,6 +62,7 @@ def test_step_is_the_update_of_the_energys_derivative(loss, softmax, pool, lca):
             assert (e - r).norm() <= 1e-10 * r.norm()
 
 
+@pytest.mark.usefixtures("float64")
 def test_code_dynamics_written_out():
     """The code's step with the layer above silent is LCA itself: u <- u + (D*x - u - (G-I)a)/tau
     with the inhibition recomputed at every inner iteration, i.e. `sparse_code`."""
@@ -76,6 +78,7 @@ def test_code_dynamics_written_out():
     torch.testing.assert_close(s[0][0], expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.usefixtures("float64")
 def test_param_grads_are_autograd_of_phi():
     torch.manual_seed(2)
     for model in (lcanet(), lcanet("mse", False, feedback_scale=2.0)):
@@ -91,6 +94,7 @@ def test_param_grads_are_autograd_of_phi():
 
 
 @pytest.mark.parametrize("loss,softmax", [("mse", False), ("cel", True)])
+@pytest.mark.usefixtures("float64")
 def test_ep_gradient_of_every_weight_tends_to_bptt(loss, softmax):
     """At a converged fixed point EP -> BPTT as beta -> 0, for D as for the other weights."""
     torch.manual_seed(1)
@@ -121,6 +125,7 @@ def test_ep_gradient_of_every_weight_tends_to_bptt(loss, softmax):
 
 
 @pytest.mark.parametrize("estimator", ["EP", "BPTT", "BP"])
+@pytest.mark.usefixtures("float64")
 def test_every_layer_and_the_dictionary_get_a_classification_gradient(estimator):
     """The published code's dictionary got no classification signal and its BP baseline
     trained only the read-out: here every weight, D included, gets a non-zero gradient."""
@@ -137,6 +142,7 @@ def test_every_layer_and_the_dictionary_get_a_classification_gradient(estimator)
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.usefixtures("float64")
 def test_recon_only_dictionary_is_no_parameter_and_its_step_lowers_the_error():
     """--dict_loss recon: D is a buffer (no optimizer, no gradient) that only the unsupervised
     step moves; on a fixed batch the step lowers the reconstruction error; atoms stay unit."""
@@ -155,6 +161,7 @@ def test_recon_only_dictionary_is_no_parameter_and_its_step_lowers_the_error():
     assert errors == sorted(errors, reverse=True) and errors[-1] < 0.9 * errors[0]
 
 
+@pytest.mark.usefixtures("float64")
 def test_atoms_stay_unit_norm_after_an_optimizer_step():
     torch.manual_seed(5)
     model = lcanet(eta=0.0)
@@ -171,6 +178,7 @@ def test_atoms_stay_unit_norm_after_an_optimizer_step():
     torch.testing.assert_close(D, normalise_atoms(stepped.clone()))
 
 
+@pytest.mark.usefixtures("float64")
 def test_code_stats():
     torch.manual_seed(6)
     model = lcanet()
@@ -186,6 +194,7 @@ def test_code_stats():
     assert 0 < stats["sparsity"].mean() < 1
 
 
+@pytest.mark.usefixtures("float64")
 def test_forward_is_differentiable_in_x():
     """What an attack needs: d(loss)/dx through the standardised input, the code's iterations
     and the network's steps equals a central finite difference."""
@@ -204,6 +213,7 @@ def test_forward_is_differentiable_in_x():
                                atol=1e-9)
 
 
+@pytest.mark.usefixtures("float64")
 def test_gdu_check_compares_the_dictionary():
     """gducheck on LCANet: D is among the tensors, and at a converged fixed point with a small
     symmetric nudge EP's cumulative update of D ends where BPTT's does."""
@@ -215,3 +225,65 @@ def test_gdu_check_compares_the_dictionary():
     assert result["free_drift"] < 1e-10
     ep_total, bptt_total = (result[k]["D1"].sum(0) for k in ("symmetric", "bptt"))
     assert (ep_total - bptt_total).norm() < 1e-3 * bptt_total.norm()
+
+
+TINY_LCANET = ["--model", "LCACNN", "--channels", "4", "4", "6", "--kernels", "5", "3",
+               "--strides", "2", "1", "--paddings", "2", "1", "--pools", "im", "--tau", "8",
+               "--lca_iters", "2", "--T1", "4", "--T2", "2", "--mbs", "500", "--lrs", "0.01",
+               "0.01", "0.01", "--softmax", "--loss", "cel", "--thirdphase", "--seed", "2",
+               "--save"]
+
+
+def test_run_resumes_bit_for_bit_writes_code_metrics_and_evaluates(tmp_path, capsys):
+    assert cli(TINY_LCANET + ["--epochs", "2", "--results-dir", tmp_path / "a"])[0] == 0
+    assert cli(TINY_LCANET + ["--epochs", "1", "--results-dir", tmp_path / "b"])[0] == 0
+    a, b = only_run_dir(tmp_path / "a"), only_run_dir(tmp_path / "b")
+    assert cli(["--todo", "train", "--load-path", b, "--epochs", "1"])[0] == 0
+    assert_same_weights(weights(a / "final_model.pt"), weights(b / "final_model.pt"))
+    assert metrics(a) == metrics(b)
+    rows = metrics(a)
+    assert len(rows) == 2
+    for row in rows:
+        assert float(row["recon_error"]) > 0 and 0 < float(row["sparsity"]) < 1
+    for name in ("dictionary.png", "train-test_acc.png", "neural_activity.png"):
+        assert (a / name).stat().st_size > 0
+    D = weights(a / "final_model.pt")["synapses.0.weight"]
+    torch.testing.assert_close(D.flatten(1).norm(dim=1), torch.ones(4))
+    capsys.readouterr()
+    rc, out, _ = cli(["--todo", "evaluate", "--load-path", a], capsys)
+    assert rc == 0 and "reconstruction error" in out and "sparsity" in out
+    assert "reconstruction error" in (a / "hyperparameters.txt").read_text()
+    rc, out, _ = cli(["--todo", "gducheck", "--load-path", a, "--mbs", "5"], capsys)
+    assert rc == 0 and "D1" in out
+
+
+@pytest.mark.parametrize("dict_loss", ["recon", "class", "combo"])
+def test_dict_loss_decides_what_moves_the_dictionary(dict_loss, tmp_path):
+    """recon: the unsupervised step alone (D is no parameter); class: the optimizer alone
+    (--eta does not apply); combo (both): the two."""
+    argv = TINY_LCANET + ["--epochs", "1", "--dict_loss", dict_loss, "--results-dir", str(tmp_path)]
+    args, typed = main.parse(argv)
+    config.validate(args, typed)
+    assert args.dict_loss == {"combo": "both"}.get(dict_loss, dict_loss)
+    torch.manual_seed(args.seed)  # as main does
+    model = config.build_model(args)
+    coding = model.sparse_coding
+    assert (coding.weight in set(model.parameters())) == (dict_loss != "recon")
+    assert coding.eta == (0.0 if dict_loss == "class" else 1e-3)
+    before = coding.weight.detach().clone()
+    assert cli(argv)[0] == 0
+    after = weights(only_run_dir(tmp_path) / "final_model.pt")["synapses.0.weight"]
+    assert not torch.allclose(before, after)
+
+
+def test_a_tau_too_small_for_the_dictionary_gets_a_notice(tmp_path, capsys):
+    """Below half the largest eigenvalue of D * D^T the code oscillates: say so, with a fix."""
+    argv = TINY_LCANET + ["--epochs", "1", "--results-dir", str(tmp_path)]
+    torch.manual_seed(2)
+    args, typed = main.parse(argv)
+    config.validate(args, typed)
+    least = config.build_model(args).sparse_coding.stable_tau()
+    assert 1 < least < 8  # the line's --tau 8 settles
+    for tau, noticed in (("8", False), ("1", True)):
+        rc, out, _ = cli(argv + ["--tau", tau], capsys)
+        assert rc == 0 and ("notice: --tau 1 is below" in out) == noticed

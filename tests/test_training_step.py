@@ -86,7 +86,7 @@ def test_weights_after_training_equal_a_plain_optimizer_loop(model_name, optim, 
     config.validate(args, typed)
     model = config.build_model(args).to(device)
     with torch.no_grad():  # large enough weights that every layer's update matters
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if model.sparse_coding is None or p is not model.sparse_coding.weight:
                 p.mul_(3)
     reference, initial = copy.deepcopy(model), copy.deepcopy(model.state_dict())
