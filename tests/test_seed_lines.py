@@ -94,3 +94,30 @@ def test_published_vfcnn_lines_train_a_batch(argv):
     for syn in feedback:
         assert syn.feedback.grad.abs().sum() > 0
         assert torch.equal(syn.weight.grad, syn.feedback.grad) == args.same_update
+
+
+LCA_LINES = [argv for argv in CHECK_LINES if "EPLCACNN" in argv]
+
+
+@pytest.mark.parametrize("argv", LCA_LINES, ids=[" ".join(a[-8:]) for a in LCA_LINES])
+def test_seed_lcanet_lines_train_every_layer(argv):
+    """The seed's LCANet lines (and their --dict_loss variants) as written, on an MNIST-shaped
+    batch of 2: every weight the line trains gets a gradient, the dictionary too unless
+    --dict_loss recon, and its atoms stay unit after the step. (With tau 200 the code needs
+    the lines' own steps to leave zero, so nothing is shortened.)"""
+    args, typed = main.parse(argv)
+    config.validate(args, typed)
+    torch.manual_seed(0)
+    model = config.build_model(args)
+    data = Split(torch.rand(2, 1, 28, 28), torch.tensor([3, 7]))
+    trainer = Trainer(model, data, data, args, None)
+    s = trainer.train_batch(data.x, data.y)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    D = model.sparse_coding.weight
+    assert (D in set(model.parameters())) == (args.dict_loss != "recon")
+    before = D.detach().clone()
+    trainer.optimizer.step()
+    model.after_update(data.x, s)
+    assert not torch.equal(before, D)
+    torch.testing.assert_close(D.flatten(1).norm(dim=1), torch.ones(32))
