@@ -133,14 +133,20 @@ def normalise_atoms(dictionary: Tensor) -> Tensor:
     return dictionary.div_(norms.view(-1, 1, 1, 1))
 
 
+def code_times_residual(x: Tensor, a: Tensor, dictionary: Tensor, stride: int,
+                        padding: int) -> Tensor:
+    """a (x) (x - D^T a) summed over the batch: minus the D-gradient of 1/2 ||x - D^T a||^2."""
+    residual = x - reconstruct(a, dictionary, stride, padding, x.shape[-2:])
+    return torch.nn.grad.conv2d_weight(residual, dictionary.shape, a, stride, padding)
+
+
 @torch.no_grad()
 def dictionary_step(dictionary: Tensor, x: Tensor, a: Tensor, eta: float, stride: int = 1,
                     padding: int = 0) -> Tensor:
     """The unsupervised LCA update D += eta * a (x) residual (batch mean), then unit atoms:
     a gradient step on the reconstruction error 1/2 ||x - D^T a||^2 at the code a."""
-    residual = x - reconstruct(a, dictionary, stride, padding, x.shape[-2:])
-    grad = torch.nn.grad.conv2d_weight(residual, dictionary.shape, a, stride, padding)
-    dictionary.add_(grad, alpha=eta / x.shape[0])
+    dictionary.add_(code_times_residual(x, a, dictionary, stride, padding),
+                    alpha=eta / x.shape[0])
     return normalise_atoms(dictionary)
 
 
@@ -204,9 +210,8 @@ class SparseCoding(nn.Module):
         """dPhi_LCA/dD summed over the batch: a (x) residual / f (nothing for a buffer)."""
         if not isinstance(self.weight, nn.Parameter):
             return []
-        residual = self.code_input(x) - self.reconstruct(a)
-        grad = torch.nn.grad.conv2d_weight(residual, self.weight.shape, a, self.stride,
-                                           self.padding)
+        grad = code_times_residual(self.code_input(x), a, self.weight, self.stride,
+                                   self.padding)
         return [grad.div_(self.feedback_scale)]
 
     def stable_tau(self) -> float:
