@@ -244,6 +244,11 @@ class LCANeurons:
                  nonneg: bool = True):
         self.synapse, self.lam, self.tau, self.iters, self.nonneg = synapse, lam, tau, iters, nonneg
 
+    def __repr__(self) -> str:
+        sign = "non-negative" if self.nonneg else "signed"
+        return (f"LCANeurons(lambda={self.lam:g}, tau={self.tau:g}, iters={self.iters} per "
+                f"step, {sign})")
+
     def init(self, zeros: Tensor) -> tuple[Tensor, Tensor]:
         return zeros, zeros.clone()
 

@@ -693,5 +693,7 @@ def count_parameters(model: nn.Module) -> int:
 def describe(model: EnergyNet) -> str:
     shapes = " -> ".join("x".join(map(str, s)) for s in [model.input_shape] + model.state_shapes)
     readout = f" -> read-out {model.num_classes}" if model.softmax else ""
-    return f"{model}\nstates: {shapes}{readout}\nparameters: {count_parameters(model):,}"
+    code = f"\ncode: {model.neurons[0]}" if model.sparse_coding is not None else ""
+    return (f"{model}\nstates: {shapes}{readout}{code}\n"
+            f"parameters: {count_parameters(model):,}")
 

@@ -26,7 +26,7 @@ def plot_accuracy(history: dict[str, list], path: Path) -> None:
     """train-test_acc.png: train and test accuracy per epoch; for LCANet also the code's
     reconstruction error and sparsity (test split) beside it."""
     code = [(k, label) for k, label in (("recon_error", "reconstruction error"),
-                                        ("sparsity", "fraction of active code entries"))
+                                        ("sparsity", "activation sparsity (fraction active)"))
             if k in history]
     fig, axes = plt.subplots(1, 1 + len(code), figsize=(6 + 4 * len(code), 4), squeeze=False)
     ax = axes[0, 0]
