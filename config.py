@@ -17,13 +17,16 @@ from model_utils import (ACTIVATIONS, POOLS, EnergyNet, LCAConfig, build_cnn, bu
 # the family of each model: its layer lists (EPLCACNN is the seed scripts' name of LCACNN)
 MODELS = {"MLP": "mlp", "CNN": "cnn", "VFMLP": "mlp", "VFCNN": "cnn", "LCACNN": "lca",
           "EPLCACNN": "lca"}
-TODOS = {"train", "evaluate", "gducheck"}
-LATER_TODOS = {"attack", "advtrain"}
+TODOS = {"train", "evaluate", "gducheck", "attack", "advtrain"}
+TRAINING_TODOS = ("train", "advtrain")
 ALGS, LOSSES, OPTIMS = ("EP", "BPTT", "BP"), ("mse", "cel"), ("sgd", "adam")
 CONV_LISTS = ("kernels", "strides", "paddings", "pools")
 CONV_FLAGS = ("channels",) + CONV_LISTS + ("fc",)
-ATTACK_FLAGS = ("eps", "image_print", "attack_step", "predict_step", "train_attack_step",
-                "attack_norm")
+# the attack flags and the todos they apply to
+ATTACK_FLAGS = {"attack": ("attack",), "attack_step": ("attack",), "predict_step": ("attack",),
+                "image_print": ("attack",), "train_attack_step": ("advtrain",),
+                "adv_fraction": ("advtrain",), "eps": ("attack", "advtrain"),
+                "attack_norm": ("attack", "advtrain"), "attack_images": ("attack", "advtrain")}
 LCA_FLAGS = ("n_feats", "lca_lambda", "tau", "eta", "lca_stride", "lca_iters", "dict_loss",
              "lca_feedback", "lca_signed", "lca_raw_input")
 # --dict_loss: what trains the dictionary (the seed scripts write combo for both)
@@ -39,7 +42,7 @@ SAVED_KEYS = ARCHITECTURE_KEYS + ("scale", "alg", "optim", "lrs", "wds", "mmt", 
                                   "eta")
 CONV_FILL = {"kernels": 5, "strides": 1, "paddings": 0, "pools": "m"}
 FLOAT_FLAGS = ("lrs", "wds", "betas", "mmt", "scale", "eps", "lca_lambda", "tau", "eta",
-               "lca_feedback", "dropouts")
+               "lca_feedback", "dropouts", "adv_fraction")
 # value ranges of single flags: (test, what is wrong and the fix), checked entry by entry
 MAX_STEPS, MAX_BETA, MAX_SCALE, MAX_SEED = 100_000, 100.0, 100.0, 2**63 - 1
 RANGES = {
@@ -61,6 +64,16 @@ RANGES = {
                   "network step"),
     "lca_feedback": (lambda v: 0 < v <= MAX_SCALE, f"the top-down scale must be in (0, "
                      f"{MAX_SCALE:g}]; give e.g. 1"),
+    "dropouts": (lambda v: 0 < v <= 1, "a keep probability is in (0, 1]; give e.g. 0.9, or 1 "
+                 "to keep every unit of a layer"),
+    "eps": (lambda v: v >= 0, "a perturbation radius is 0 or more; give e.g. 0.03"),
+    "adv_fraction": (lambda v: 0 < v <= 1, "the adversarial share of a batch is in (0, 1]; "
+                     "give e.g. 0.5, or leave it out for 1"),
+    "image_print": (lambda v: 1 <= v <= 1000, "give 1 to 1000 image pairs"),
+    "attack_images": (lambda v: v >= 1, "give 1 or more test images"),
+    "attack_step": (lambda v: 1 <= v <= MAX_STEPS, f"give 1 to {MAX_STEPS:,} free steps"),
+    "predict_step": (lambda v: 1 <= v <= MAX_STEPS, f"give 1 to {MAX_STEPS:,} free steps"),
+    "train_attack_step": (lambda v: 1 <= v <= MAX_STEPS, f"give 1 to {MAX_STEPS:,} free steps"),
 }
 # the least value of each entry of the architecture lists, and what the entry is
 ARCH_MIN = {"archi": (1, "a layer size"), "channels": (1, "a channel count"),
@@ -149,13 +162,9 @@ def fill_defaults(args: Namespace) -> None:
             setattr(args, key, value)
 
 
-def check_available(args: Namespace, typed: set[str]) -> None:
-    """Todos and flags that later versions add end here, before anything is loaded."""
-    if args.todo in LATER_TODOS:
-        raise UsageError(f"--todo {args.todo} is not available yet in this version; "
-                         f"use one of {', '.join(sorted(TODOS))}")
-    if "dropouts" in typed:
-        raise UsageError("--dropouts is not available yet in this version; remove it")
+def trains(args: Namespace) -> bool:
+    """The todos that train (and take the training flags' checks)."""
+    return args.todo in TRAINING_TODOS
 
 
 def validate(args: Namespace, typed: set[str],
@@ -173,7 +182,6 @@ def validate(args: Namespace, typed: set[str],
 
 def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str]) -> None:
     """validate's checks, in order: each flag alone, then the flags against each other."""
-    check_available(args, typed)
     check_values(args)
     one_of("model", args.model, MODELS)
     one_of("todo", args.todo, sorted(TODOS))
@@ -183,20 +191,20 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     one_of("loss", args.loss, LOSSES)
     one_of("optim", args.optim, OPTIMS)
     one_of("dynamics", args.dynamics, ("explicit", "autograd"))
-    wrong_place = [(ATTACK_FLAGS, "--todo attack or advtrain")]
-    if MODELS[args.model] != "lca":
-        wrong_place.append((LCA_FLAGS, "--model LCACNN"))
-    for group, needs in wrong_place:
-        for dest in group:
-            if dest in typed:
-                raise FlagError(f"{flag(dest)} only applies with {needs}; remove it", dest)
+    for dest, todos in ATTACK_FLAGS.items():
+        if dest in typed and args.todo not in todos:
+            raise FlagError(f"{flag(dest)} only applies with "
+                            f"{' or '.join('--todo ' + t for t in todos)}; remove it", dest)
+    for dest in LCA_FLAGS if MODELS[args.model] != "lca" else ():
+        if dest in typed:
+            raise FlagError(f"{flag(dest)} only applies with --model LCACNN; remove it", dest)
     is_cnn = MODELS[args.model] != "mlp"
     for dest in (CONV_FLAGS if not is_cnn else ("archi",)):
         if dest in typed:
             raise FlagError(f"{flag(dest)} does not apply to --model {args.model}; remove it",
                             dest, "model")
     check_lca(args, typed)
-    if args.alg != "EP" and args.todo == "train":  # evaluate and gducheck ignore --alg
+    if args.alg != "EP" and trains(args):  # evaluate, gducheck and attack ignore --alg
         for dest in ("thirdphase", "random_sign"):
             if getattr(args, dest):
                 raise FlagError(f"{flag(dest)} only applies with --alg EP (not {args.alg})",
@@ -204,8 +212,10 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     if args.softmax and args.loss != "cel":
         raise FlagError("--softmax needs --loss cel: the read-out is trained with cross-entropy",
                         "softmax", "loss")
-    if args.todo == "evaluate" and not args.load_path:
-        raise UsageError("--todo evaluate needs --load-path DIR (a results folder with model.pt)")
+    if args.todo in ("evaluate", "attack") and not args.load_path:
+        raise UsageError(f"--todo {args.todo} needs --load-path DIR (a results folder with "
+                         "model.pt)")
+    check_attack(args)
     if args.optim == "adam" and "mmt" in typed and "mmt" not in from_checkpoint:
         raise FlagError(f"--mmt {args.mmt:g}: --optim adam has no momentum; remove --mmt or use "
                         "--optim sgd", "mmt", "optim")
@@ -214,6 +224,13 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     check_signs(args, typed)
     fill_defaults(args)
     n_layers = check_architecture(args)
+    if "dropouts" in typed and not trains(args):
+        raise FlagError(f"--dropouts only applies while training (--todo train or advtrain); "
+                        f"--todo {args.todo} runs without dropout: remove it", "dropouts")
+    if args.dropouts is not None and len(args.dropouts) != n_layers:
+        raise FlagError(f"--dropouts has {len(args.dropouts)} entries but the model has "
+                        f"{n_layers} layers of weights; give one keep probability per layer they "
+                        "read (the input first)", "dropouts")
     for dest, fill in (("lrs", 5e-4), ("wds", 0.0)):
         values = getattr(args, dest)
         if values is None:
@@ -252,19 +269,46 @@ def is_vf(args: Namespace) -> bool:
 
 def check_vf_and_gdu(args: Namespace, typed: set[str]) -> None:
     """Flags of the VF models and of the GDU check that only make sense together."""
-    if args.same_update and not (is_vf(args) and (args.alg == "EP" or args.todo != "train")):
+    if args.same_update and not (is_vf(args) and (args.alg == "EP" or not trains(args))):
         raise FlagError("--same-update only applies to --model VFMLP or VFCNN with --alg EP; "
                         "remove it", "same_update", "model", "alg")
     if is_vf(args) and args.alg == "BP":
         raise FlagError(f"--alg BP: a feed-forward pass never uses the feedback weights of "
                         f"--model {args.model}; use --alg EP or BPTT", "alg", "model")
-    wrong_todo = args.todo != "train" and "check_thm" in typed  # a saved run's is ignored
-    if args.check_thm and (wrong_todo or args.todo == "train" and args.alg != "EP"):
+    wrong_todo = not trains(args) and "check_thm" in typed  # a saved run's is ignored
+    if args.check_thm and (wrong_todo or trains(args) and args.alg != "EP"):
         raise FlagError("--check-thm checks EP while it trains: use it with --todo train "
                         "--alg EP, or run --todo gducheck", "check_thm", "alg")
     if (args.check_thm or args.todo == "gducheck") and args.betas[0] != 0:
         raise FlagError(f"--betas {args.betas[0]:g} {args.betas[1]:g}: the GDU check starts "
                         f"from the free fixed point; give --betas 0 {args.betas[1]:g}", "betas")
+
+
+def check_attack(args: Namespace) -> None:
+    """--attack, --attack-norm and --eps fit each other; advtrain trains at one radius."""
+    from attack import ATTACKS, NORMS  # ART loads only where attacks are asked for
+
+    if args.todo not in ("attack", "advtrain"):
+        return
+    args.attack = args.attack or ["pgd"]
+    args.attack_norm = args.attack_norm or ["inf"]
+    for name in args.attack:
+        one_of("attack", name, ATTACKS)
+    for norm in args.attack_norm:
+        one_of("attack_norm", norm, NORMS)
+    norms = {NORMS[n] for n in args.attack_norm}
+    if "cw" in args.attack and "2" not in norms:
+        raise FlagError("--attack cw is Carlini-Wagner's L2 attack: add 2 to --attack-norm "
+                        "(it runs for L2 only)", "attack", "attack_norm")
+    if "inf" in norms and any(e > 1 for e in args.eps or []):
+        raise FlagError(f"--eps {max(args.eps):g}: pixels lie in [0, 1], so an Linf radius "
+                        "above 1 changes nothing more; give at most 1", "eps", "attack_norm")
+    if args.todo == "advtrain":
+        for dest in ("eps", "attack_norm"):
+            if len(entries(args, dest)) > 1:
+                raise FlagError(f"{flag(dest)}: --todo advtrain trains at one radius in one "
+                                "norm; give one value", dest)
+        args.adv_fraction = 1.0 if args.adv_fraction is None else args.adv_fraction
 
 
 def check_lca(args: Namespace, typed: set[str]) -> None:
@@ -297,7 +341,7 @@ def check_steps(args: Namespace) -> None:
                         "T2 of the T1 free steps; make T2 <= T1", "T2", "T1")
     if gdu and args.T2 < 1:
         raise FlagError("--T2 0: the GDU check compares the T2 nudged steps; give --T2 >= 1", "T2")
-    if args.todo == "train" and args.T2 < 1 and args.alg in ("EP", "BPTT"):
+    if trains(args) and args.T2 < 1 and args.alg in ("EP", "BPTT"):
         why = ("BPTT back-propagates through the last T2 steps" if args.alg == "BPTT" else
                "EP's nudged phase needs at least one step to move the states")
         raise FlagError(f"--T2 0: {why}; give --T2 >= 1", "T2", "alg")
@@ -309,7 +353,7 @@ def check_steps(args: Namespace) -> None:
 def check_signs(args: Namespace, typed: set[str]) -> None:
     """--random-sign and --thirdphase: which sign of beta2 the nudged phase(s) use."""
     beta1, beta2 = args.betas
-    ep = args.todo == "gducheck" or args.todo == "train" and args.alg == "EP"
+    ep = args.todo == "gducheck" or trains(args) and args.alg == "EP"
     if args.thirdphase and ep and beta2 == 0:
         raise FlagError(f"--betas {beta1:g} 0: --thirdphase nudges at +beta2 and -beta2 and "
                         "divides by 2 beta2; give a beta2 other than 0", "betas", "thirdphase")
@@ -319,7 +363,7 @@ def check_signs(args: Namespace, typed: set[str]) -> None:
         raise FlagError("--random-sign does not apply to --todo gducheck: the check chooses the "
                         "sign of beta2 itself (+beta2, and -beta2 with --thirdphase); remove it",
                         "random_sign")
-    if args.todo != "train":
+    if not trains(args):
         return
     if args.thirdphase and {"random_sign", "thirdphase"} & typed:
         raise FlagError("--random-sign has no effect with --thirdphase, whose nudged phases "

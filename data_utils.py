@@ -36,13 +36,24 @@ class Split:
         return len(self.y)
 
 
+# per-channel (mean, std) of a task's inputs; MNIST-like tasks stay in [0, 1]
+NORMALISATION = {"CIFAR10": (CIFAR_MEAN, CIFAR_STD), "CIFAR100": (CIFAR_MEAN, CIFAR_STD)}
+
+
 def normalise(x: Tensor, task: str) -> Tensor:
-    """MNIST-like tasks stay in [0, 1]; CIFAR is normalised per channel as published."""
-    if not task.startswith("CIFAR"):
+    """Pixels in [0, 1] -> the model's inputs (CIFAR normalised per channel as published)."""
+    if task not in NORMALISATION:
         return x
-    mean = x.new_tensor(CIFAR_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(CIFAR_STD).view(1, 3, 1, 1)
+    mean, std = (x.new_tensor(v).view(1, -1, 1, 1) for v in NORMALISATION[task])
     return (x - mean) / std
+
+
+def pixels(x: Tensor, task: str) -> Tensor:
+    """The model's inputs -> pixels in [0, 1] (the inverse of `normalise`)."""
+    if task not in NORMALISATION:
+        return x
+    mean, std = (x.new_tensor(v).view(1, -1, 1, 1) for v in NORMALISATION[task])
+    return (x * std + mean).clamp_(0, 1)
 
 
 def to_split(images: np.ndarray | Tensor, labels, task: str, device: torch.device) -> Split:

@@ -11,6 +11,7 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 try:  # Ctrl-C while torch and friends import: leave quietly
@@ -96,7 +97,8 @@ def build_parser() -> Parser:
                    help="last linear layer is a read-out outside the energy (needs --loss cel)")
     g = p.add_argument_group("training")
     g.add_argument("--todo", default="train", help="train, evaluate, gducheck (EP updates vs "
-                   "BPTT gradients on one batch) (attack, advtrain: later)")
+                   "BPTT gradients on one batch), attack (a trained run, through ART), "
+                   "advtrain (train on PGD examples)")
     g.add_argument("--alg", default="EP", help="EP, BPTT or BP (feed-forward backprop)")
     g.add_argument("--T1", type=int, default=30, help="free-phase steps")
     g.add_argument("--T2", type=int, default=10,
@@ -126,7 +128,8 @@ def build_parser() -> Parser:
     g.add_argument("--dynamics", default="explicit",
                    help="explicit (local updates) or autograd (reference, slower)")
     g.add_argument("--dropouts", nargs="+", metavar="KEEP", type=float, default=None,
-                   help="keep probability per layer, input first (later)")
+                   help="dropout: keep probability per layer of weights, for the layer it "
+                   "reads (input first); masks drawn once per batch, fixed through its phases")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="seed of init, data order, random sign")
     g.add_argument("--device", type=int, default=None,
@@ -137,14 +140,28 @@ def build_parser() -> Parser:
                    "give the architecture")
     g.add_argument("--data-dir", default="./data", help="where torchvision datasets live")
     g.add_argument("--results-dir", default="results", help="root of the results folders")
-    g = p.add_argument_group("attacks (later)")
+    g = p.add_argument_group("attacks (--todo attack, advtrain; through ART)")
+    g.add_argument("--attack", nargs="+", metavar="NAME", default=None,
+                   help="attack: pgd, fgsm, autoattack, square, cw (default pgd)")
+    g.add_argument("--attack-norm", nargs="+", metavar="NORM", default=None,
+                   help="2 or inf (100 means inf), one or more for attack (default inf)")
     g.add_argument("--eps", nargs="+", metavar="EPS", type=float, default=None,
-                   help="adversarial epsilon(s)")
-    g.add_argument("--image-print", type=int, default=None, help="clean/adversarial pairs to save")
-    g.add_argument("--attack-step", type=int, default=None, help="free steps the attack unrolls")
-    g.add_argument("--predict-step", type=int, default=None, help="free steps for predictions")
-    g.add_argument("--train-attack-step", type=int, default=None, help="attack steps in advtrain")
-    g.add_argument("--attack-norm", default=None, help="2 or inf (100 means inf)")
+                   help="radii in pixel space: attack's sweep (default: 10 log-spaced values, "
+                   "Linf 1e-4..0.1 plus 8/255, L2 0.05..3 plus 1), advtrain's one radius "
+                   "(default 8/255 Linf, 1 L2)")
+    g.add_argument("--attack-images", type=int, default=None,
+                   help="test images attacked (default: all for pgd, fgsm; 200 for autoattack, "
+                   "square, cw; advtrain's robust accuracy: 200)")
+    g.add_argument("--attack-step", type=int, default=None,
+                   help="free steps the attack's gradient unrolls (default --T1)")
+    g.add_argument("--predict-step", type=int, default=None,
+                   help="free steps of the predictions under attack (default --T1)")
+    g.add_argument("--image-print", type=int, default=None,
+                   help="save this many clean/adversarial pairs per attack and norm as a PNG")
+    g.add_argument("--train-attack-step", type=int, default=None,
+                   help="advtrain: free steps the PGD gradient unrolls (default --T1)")
+    g.add_argument("--adv-fraction", type=float, default=None,
+                   help="advtrain: share of each batch replaced by PGD examples (default 1)")
     g = p.add_argument_group("LCANet (--model LCACNN; entry 0 of the conv lists is the LCA layer)")
     g.add_argument("--n_feats", type=int, default=None,
                    help="dictionary atoms (the first entry of --channels)")
@@ -216,15 +233,16 @@ class Job:
     checkpoint: dict | None
 
 
-def train(job: Job) -> int:
-    """Train (or resume --load-path) until the run's total epochs are done."""
+def train(job: Job, adversary=None) -> int:
+    """Train (or resume --load-path) until the run's total epochs are done; with an
+    `adversary` (advtrain), on its adversarial batches."""
     args, ckpt = job.args, job.checkpoint
     run_dir = Path(args.load_path) if args.load_path else None
     if run_dir is None and args.save:
         run_dir = new_run_dir(args.results_dir, args.alg, args.loss)
         atomic_write_text(run_dir / HYPERPARAMETERS,
                           config.hyperparameters_text(args, job.argv, describe(job.model)))
-    trainer = Trainer(job.model, job.train, job.test, args, run_dir)
+    trainer = Trainer(job.model, job.train, job.test, args, run_dir, adversary)
     if ckpt is not None:
         trainer.load_state_dict(ckpt, f"--load-path {run_dir}: its checkpoint")
         # --epochs N on resume: N more; without it: the saved run's total
@@ -321,13 +339,56 @@ def gducheck(job: Job) -> int:
     return 0
 
 
-TODOS = {"train": train, "evaluate": evaluate, "gducheck": gducheck}
+def attack(job: Job) -> int:
+    """The attack sweep on the --load-path run's best model (through ART): rows appended to
+    its Adversarial_Accuracy.txt, the accuracy plot and --image-print grids beside it."""
+    from attack import HEADER, PLOT_FILE, RESULTS_FILE, Sweep, attack_norms, read_rows
+
+    args, run_dir = job.args, Path(job.args.load_path)
+    best = load_best(job)
+    path = run_dir / RESULTS_FILE
+    try:  # a read-only folder fails here, before any attack has run
+        append_text(path, f"# {datetime.now():%Y-%m-%d %H:%M:%S}  python main.py "
+                    f"{shlex.join(job.argv)}\n{HEADER}\n")
+    except OSError as e:
+        raise UsageError(f"--load-path {run_dir}: cannot write {RESULTS_FILE} there "
+                         f"({e.strerror}); attack a copy of the folder") from None
+    sweep = Sweep(job.model, job.test, args)
+    steps = ("feed-forward (a BP-trained model)" if args.alg == "BP" else
+             f"gradient through {sweep.attack_step} free steps, predictions after "
+             f"{sweep.predict_step}")
+    print(f"attacking {BEST_MODEL} of {run_dir} (epoch {best['epoch']}): "
+          f"{', '.join(args.attack)}; {steps}")
+    for name in args.attack:
+        for norm in attack_norms(args) if name != "cw" else ["2"]:
+            for row in sweep.run(name, norm):
+                append_text(path, row.line() + "\n")
+            plots.plot_adversarial(read_rows(path), run_dir / PLOT_FILE)
+            if args.image_print:
+                grid = run_dir / f"adversarial_examples_{name}_L{norm}.png"
+                plots.plot_adversarial_examples(*sweep.last, path=grid, n=args.image_print,
+                                                title=f"{name} L{norm} eps {row.eps:.3g}")
+    print(f"written: {path}, {PLOT_FILE}" + (", adversarial_examples_*.png"
+                                             if args.image_print else ""))
+    return 0
+
+
+def advtrain(job: Job) -> int:
+    """Training on PGD examples made against the current model (or its resume)."""
+    from attack import adversary
+
+    adv = adversary(job.model, job.test, job.args)
+    print(f"adversarial training: {adv}")
+    return train(job, adv)
+
+
+TODOS = {"train": train, "evaluate": evaluate, "gducheck": gducheck, "attack": attack,
+         "advtrain": advtrain}
 
 
 def run(argv: list[str]) -> int:
     """Parse and check everything, load what --load-path names, then run the --todo."""
     args, typed = parse(argv)
-    config.check_available(args, typed)
     ckpt, from_checkpoint = None, frozenset()
     if args.load_path is not None:
         ckpt = load_run(args.load_path, args.model)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from lca_layer import LCANeurons, SparseCoding
@@ -198,16 +199,22 @@ class ConvPool(nn.Conv2d, Feedback):
         return dw, g
 
 
+# dropout: one inverted mask per synapse for the layer it reads (input first), None = keep all
+Masks = tuple[Tensor | None, ...] | None
+
+
 @dataclass(frozen=True)
 class Batch:
     """What stays fixed while the states of one mini-batch relax: the clamped input x, its
-    bottom-up drive into layer 1 (computed once), the one-hot target and the nudge beta (a
-    number, or one value per sample when several nudged phases share one batch)."""
+    bottom-up drive into layer 1 (computed once), the one-hot target, the nudge beta (a
+    number, or one value per sample when several nudged phases share one batch) and the
+    dropout masks (--dropouts; drawn once per batch, the same in every phase)."""
 
     x: Tensor
     drive: Tensor
     target: Tensor | None = None
     beta: float | Tensor = 0.0
+    masks: Masks = None
 
     def nudged(self, beta: float | Tensor) -> Batch:
         return replace(self, beta=beta)
@@ -217,7 +224,9 @@ class Batch:
         n = self.x.shape[0]
         betas = torch.full((2 * n,), beta, dtype=self.x.dtype, device=self.x.device)
         betas[n:] = -beta
-        return Batch(*(torch.cat([t, t]) for t in (self.x, self.drive, self.target)), betas)
+        masks = self.masks and tuple(m if m is None else torch.cat([m, m]) for m in self.masks)
+        return Batch(*(torch.cat([t, t]) for t in (self.x, self.drive, self.target)), betas,
+                     masks)
 
 
 class Neurons:
@@ -305,36 +314,66 @@ class EnergyNet(nn.Module):
             return s
         return [t[0] if isinstance(t, tuple) else t for t in s]
 
-    def input_drive(self, x: Tensor) -> Tensor:
+    def input_drive(self, x: Tensor, masks: Masks = None) -> Tensor:
         """Bottom-up drive of the first layer: constant while x is clamped, so computed once."""
-        return self.synapses[0].up(x)[0]
+        return self.synapses[0].up(_masked(masks, 0, x))[0]
 
     def one_hot(self, y: Tensor, like: Tensor) -> Tensor:
         """The target of the cost: labels as one-hot rows, made once per batch."""
         return F.one_hot(y, self.num_classes).to(like.dtype)
 
-    def batch(self, x: Tensor, y: Tensor | None = None, beta: float = 0.0) -> Batch:
-        return Batch(x, self.input_drive(x), None if y is None else self.one_hot(y, x), beta)
+    def batch(self, x: Tensor, y: Tensor | None = None, beta: float = 0.0,
+              masks: Masks = None) -> Batch:
+        return Batch(x, self.input_drive(x, masks), None if y is None else self.one_hot(y, x),
+                     beta, masks)
 
-    def logits(self, s: States) -> Tensor:
+    def dropout_masks(self, n: int, keep: list[float], gen: torch.Generator | None = None,
+                      like: Tensor | None = None) -> Masks:
+        """Inverted dropout masks (0 or 1/keep) for n samples, one per synapse's input layer;
+        None where keep is 1 (and None for all: exactly the model without dropout)."""
+        if all(p == 1 for p in keep):
+            return None
+        shapes = [self.input_shape] + list(self.state_shapes)
+        masks = []
+        for p, shape in zip(keep, shapes):
+            if p == 1:
+                masks.append(None)
+                continue
+            draw = torch.rand(n, *shape, generator=gen, device=like.device, dtype=like.dtype)
+            masks.append((draw < p).to(like.dtype).div_(p).contiguous(
+                memory_format=_layout(shape)))
+        return tuple(masks)
+
+    def logits(self, s: States, masks: Masks = None) -> Tensor:
         last = self.visible(s)[-1]
-        return self.synapses[-1].up(last)[0] if self.softmax else last
+        return self.synapses[-1].up(_masked(masks, self.n_states, last))[0] if self.softmax \
+            else last
 
-    def loss(self, s: States, target: Tensor) -> Tensor:
+    def loss(self, s: States, target: Tensor, masks: Masks = None) -> Tensor:
         """Per-sample cost: 1/2 ||out - target||^2 (mse) or cross-entropy (cel)."""
-        out = self.logits(s)
+        out = self.logits(s, masks)
         if self.loss_name == "mse":
             return 0.5 * (out - target).pow(2).sum(1)
         return F.cross_entropy(out, target, reduction="none")
 
-    def dloss_dlogits(self, s: list[Tensor], target: Tensor) -> Tensor:
-        out = self.logits(s)
+    def dloss_dlogits(self, s: list[Tensor], target: Tensor, masks: Masks = None) -> Tensor:
+        out = self.logits(s, masks)
         return out - target if self.loss_name == "mse" else out.softmax(1) - target
 
-    def loss_grad(self, s: list[Tensor], target: Tensor) -> Tensor:
+    def loss_grad(self, s: list[Tensor], target: Tensor, masks: Masks = None) -> Tensor:
         """dL/ds_last per sample, written out so the nudged step needs no autograd."""
-        g = self.dloss_dlogits(s, target)
-        return self.synapses[-1].down(g, s[-1].shape) if self.softmax else g
+        g = self.dloss_dlogits(s, target, masks)
+        if not self.softmax:
+            return g
+        return _masked(masks, self.n_states, self.synapses[-1].down(g, s[-1].shape))
+
+    def inputs(self, batch: Batch, s: list[Tensor]) -> list[Tensor]:
+        """What each energy synapse reads: x, then every state but the last (times the
+        dropout masks)."""
+        layers = [batch.x] + s[:-1]
+        if batch.masks is None:
+            return layers
+        return [_masked(batch.masks, k, t) for k, t in enumerate(layers)]
 
     def phi(self, batch: Batch, s: States, pre: States | None = None) -> Tensor:
         """The primitive function Phi per sample (the reference the explicit step must match).
@@ -345,25 +384,24 @@ class EnergyNet(nn.Module):
         """
         s = self.visible(s)
         pre = s if pre is None else self.visible(pre)
-        x = batch.x
         phi = sum((syn.up(h)[0] * out).flatten(1).sum(1)
-                  for syn, h, out in zip(self.energy_synapses, [x] + pre[:-1], s))
-        for syn, h, out in zip(self.energy_synapses, [x] + s[:-1], pre):
+                  for syn, h, out in zip(self.energy_synapses, self.inputs(batch, pre), s))
+        for syn, h, out in zip(self.energy_synapses, self.inputs(batch, s), pre):
             if syn.feedback is not None:
                 phi = phi + (syn.feedback_up(h) * out).flatten(1).sum(1)
         for k, syn in self.self_coupled:
             phi = phi + syn.self_energy(s[k])
         if not _is_zero(batch.beta):
-            phi = phi - _per_sample(batch.beta, phi) * self.loss(s, batch.target)
+            phi = phi - _per_sample(batch.beta, phi) * self.loss(s, batch.target, batch.masks)
         return phi
 
     def param_grads(self, batch: Batch, s: States, pre: States | None = None) -> list[Tensor]:
         """dPhi/dtheta summed over the batch, in parameters() order, without autograd."""
         s = self.visible(s)
         pre = s if pre is None else self.visible(pre)
-        x, grads = batch.x, []
-        for syn, h_pre, out, h, out_pre in zip(self.energy_synapses, [x] + pre[:-1], s,
-                                               [x] + s[:-1], pre):
+        grads, masks = [], batch.masks
+        for syn, h_pre, out, h, out_pre in zip(self.energy_synapses, self.inputs(batch, pre), s,
+                                               self.inputs(batch, s), pre):
             grads += syn.weight_grad(h_pre, out)
             if syn.feedback is not None:
                 grads.append(syn.feedback_grad(h, out_pre))
@@ -372,8 +410,9 @@ class EnergyNet(nn.Module):
             if _is_zero(batch.beta):
                 grads += [torch.zeros_like(p) for p in readout.parameters()]
             else:
-                g_logits = self.dloss_dlogits(s, batch.target)
-                grads += [-batch.beta * g for g in readout.weight_grad(s[-1], g_logits)]
+                g_logits = self.dloss_dlogits(s, batch.target, masks)
+                grads += [-batch.beta * g for g in readout.weight_grad(
+                    _masked(masks, self.n_states, s[-1]), g_logits)]
         return grads
 
     @property
@@ -397,28 +436,33 @@ class EnergyNet(nn.Module):
 
     def field(self, batch: Batch, s: list[Tensor]) -> list[Tensor]:
         """dPhi/ds_k for every layer (each layer's pre-activation), from local terms."""
-        ups, ctxs, inner = [batch.drive], [None], self.energy_synapses[1:]
-        for syn, h in zip(inner, s[:-1]):
+        ups, ctxs, inner, masks = [batch.drive], [None], self.energy_synapses[1:], batch.masks
+        for syn, h in zip(inner, self.inputs(batch, s)[1:]):
             out, ctx = syn.up(h)
             ups.append(out)
             ctxs.append(ctx)
-        grads = [syn.down(top, ctx, up) for up, syn, top, ctx in zip(ups, inner, s[1:], ctxs[1:])]
+        if masks is None:
+            grads = [syn.down(top, ctx, up)
+                     for up, syn, top, ctx in zip(ups, inner, s[1:], ctxs[1:])]
+        else:  # a layer's top-down input comes through the mask its upper synapse reads it by
+            grads = [up + _masked(masks, k, syn.down(top, ctx))
+                     for k, (up, syn, top, ctx) in enumerate(zip(ups, inner, s[1:], ctxs[1:]), 1)]
         last, beta = ups[-1], batch.beta
         if isinstance(beta, Tensor):
-            g = self.loss_grad(s, batch.target)
+            g = self.loss_grad(s, batch.target, masks)
             last = last - _per_sample(beta, g) * g
         elif beta != 0:
-            last = last.add(self.loss_grad(s, batch.target), alpha=-beta)
+            last = last.add(self.loss_grad(s, batch.target, masks), alpha=-beta)
         grads.append(last)
         for k, syn in self.self_coupled:
             grads[k] = grads[k] + syn.self_field(s[k])
         return grads
 
-    def feedforward(self, x: Tensor) -> States:
+    def feedforward(self, x: Tensor, masks: Masks = None) -> States:
         """One bottom-up pass through the same layers, no recurrence (the BP baseline)."""
         s, h = [], x
-        for syn, n in zip(self.energy_synapses, self.neurons):
-            state = n.feedforward(syn.up(h)[0])
+        for k, (syn, n) in enumerate(zip(self.energy_synapses, self.neurons)):
+            state = n.feedforward(syn.up(_masked(masks, k, h))[0])
             s.append(state)
             h = state[0] if n.hidden else state
         return s
@@ -448,6 +492,11 @@ class EnergyNet(nn.Module):
 
 def _layout(shape: torch.Size) -> torch.memory_format:
     return torch.channels_last if len(shape) == 3 else torch.contiguous_format
+
+
+def _masked(masks: Masks, k: int, t: Tensor) -> Tensor:
+    """t times dropout mask k (t itself without one)."""
+    return t if masks is None or masks[k] is None else t * masks[k]
 
 
 def _is_zero(beta: float | Tensor) -> bool:
@@ -488,6 +537,17 @@ def relax(model: EnergyNet, batch: Batch, s: States, steps: int, explicit: bool 
     output nudged by batch.beta; explicit local terms, or the autograd reference."""
     for _ in range(steps):
         s = model.step(batch, s) if explicit else autograd_step(model, batch, s)
+    return s
+
+
+def checkpointed_relax(model: EnergyNet, batch: Batch, s: States, steps: int,
+                       segment: int) -> States:
+    """`relax` for a gradient through many steps: only the states between segments of
+    `segment` steps are kept for the backward pass, each segment is recomputed there (one
+    extra forward pass; memory of steps / segment + segment steps instead of steps)."""
+    for start in range(0, steps, segment):
+        s = torch.utils.checkpoint.checkpoint(relax, model, batch, s, min(segment, steps - start),
+                                              use_reentrant=False)
     return s
 
 
@@ -553,11 +613,13 @@ def update_rule_pre(model: EnergyNet, same_update: bool, s_free: States) -> Stat
     return s_free if model.has_feedback and not same_update else None
 
 
-def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float = 1.0) -> States:
-    """EP: free phase to s*, nudged phase(s) from s*, then the energy-difference gradient."""
+def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float = 1.0,
+                 masks: Masks = None) -> States:
+    """EP: free phase to s*, nudged phase(s) from s*, then the energy-difference gradient
+    (with dropout `masks`, the same in every phase)."""
     beta = sign * ph.beta2
     with torch.no_grad():
-        batch = model.batch(x, y, ph.beta1)  # the drive once: x is clamped in every phase
+        batch = model.batch(x, y, ph.beta1, masks)  # the drive once: x is clamped throughout
         s_free = relax(model, batch, model.init_states(x), ph.T1, ph.explicit)
         if ph.thirdphase:  # both nudged phases as one batch of 2B with beta = +beta2, -beta2
             n = x.shape[0]
@@ -576,29 +638,33 @@ def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float
     return s_free
 
 
-def bptt_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases) -> States:
-    """BPTT: T1-T2 steps without a graph, T2 steps with one, loss at the last state, backward."""
+def bptt_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases,
+                   masks: Masks = None) -> States:
+    """BPTT: T1-T2 steps without a graph, T2 steps with one, loss at the last state, backward
+    (with dropout `masks`, the same in every step)."""
     with torch.no_grad():
-        s = relax(model, model.batch(x), model.init_states(x), ph.T1 - ph.T2, ph.explicit)
+        s = relax(model, model.batch(x, masks=masks), model.init_states(x), ph.T1 - ph.T2,
+                  ph.explicit)
     with torch.enable_grad():  # the drive again, now with its graph to W_0
-        batch = model.batch(x, y)
+        batch = model.batch(x, y, masks=masks)
         s = relax(model, batch, s, ph.T2, ph.explicit)
-        write_grads(model, loss_gradients(model, batch.target, s))
+        write_grads(model, loss_gradients(model, batch.target, s, masks))
     return map_states(Tensor.detach, s)
 
 
-def loss_gradients(model: EnergyNet, target: Tensor, s: States) -> list[Tensor]:
+def loss_gradients(model: EnergyNet, target: Tensor, s: States,
+                   masks: Masks = None) -> list[Tensor]:
     """d(mean loss at s)/dtheta; zero for weights the loss does not reach (a layer deeper than
     T2 steps back, or B in a feed-forward pass)."""
-    return list(torch.autograd.grad(model.loss(s, target).mean(), list(model.parameters()),
-                                    materialize_grads=True))
+    return list(torch.autograd.grad(model.loss(s, target, masks).mean(),
+                                    list(model.parameters()), materialize_grads=True))
 
 
-def bp_gradients(model: EnergyNet, x: Tensor, y: Tensor) -> States:
+def bp_gradients(model: EnergyNet, x: Tensor, y: Tensor, masks: Masks = None) -> States:
     """Feed-forward backprop through the same layers (no recurrence)."""
     with torch.enable_grad():
-        s = model.feedforward(x)
-        write_grads(model, loss_gradients(model, model.one_hot(y, x), s))
+        s = model.feedforward(x, masks)
+        write_grads(model, loss_gradients(model, model.one_hot(y, x), s, masks))
     return map_states(Tensor.detach, s)
 
 

@@ -32,6 +32,9 @@ def plot_accuracy(history: dict[str, list], path: Path) -> None:
     ax = axes[0, 0]
     ax.plot(history["epoch"], history["train_acc"], "o-", label="train")
     ax.plot(history["epoch"], history["test_acc"], "s-", label="test")
+    if "robust_acc" in history:  # advtrain: PGD examples of a fixed test subset
+        points = [(e, v) for e, v in zip(history["epoch"], history["robust_acc"]) if v is not None]
+        ax.plot(*zip(*points), "^-", label="robust test (PGD)")
     ax.set_ylabel("accuracy (%)")
     ax.legend()
     for ax, (key, label) in zip(axes[0, 1:], code):
@@ -139,4 +142,56 @@ def plot_gdu_rmse(metrics: dict[str, dict], path: Path) -> None:
     ax.set_ylabel("normalised RMSE vs BPTT")
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
+    save_figure(fig, path)
+
+
+def plot_adversarial(rows: list, path: Path) -> None:
+    """adversarial_accuracy.png: adversarial accuracy against eps, a panel per norm and a line
+    per attack (and step counts; an eps measured twice shows its latest row), clean accuracy
+    dotted."""
+    norms = sorted({r.norm for r in rows}, key=lambda n: n != "inf")
+    fig, axes = plt.subplots(1, len(norms), figsize=(6 * len(norms), 4), squeeze=False)
+    for ax, norm in zip(axes[0], norms):
+        lines: dict[tuple, dict[float, object]] = {}
+        for r in rows:
+            if r.norm == norm:
+                lines.setdefault((r.attack, r.attack_step, r.predict_step), {})[r.eps] = r
+        for (attack, a_step, p_step), by_eps in lines.items():
+            eps = sorted(by_eps)
+            steps = "" if a_step == 0 else f", {a_step}/{p_step} steps"
+            line, = ax.plot(eps, [by_eps[e].adv_acc for e in eps], "o-",
+                            label=f"{attack}{steps}")
+            ax.axhline(by_eps[eps[-1]].clean_acc, color=line.get_color(), ls=":", lw=1)
+        positive = [r.eps for r in rows if r.norm == norm and r.eps > 0]
+        if positive:
+            ax.set_xscale("symlog", linthresh=min(positive))
+        ax.set_xlabel(f"eps (L{norm}, pixels in [0, 1])")
+        ax.set_ylabel("adversarial accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_adversarial_examples(x, x_adv, clean_pred, adv_pred, y, path: Path, n: int,
+                              title: str) -> None:
+    """A grid of n clean / adversarial pairs (pixel space) with their predicted labels."""
+    n = min(n, len(x))
+    cols = min(n, 8)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(1.6 * cols, 3.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        r, c = divmod(i, cols)
+        for k, (image, pred) in enumerate(((x[i], clean_pred[i]), (x_adv[i], adv_pred[i]))):
+            ax = axes[2 * r + k, c]
+            picture = image.transpose(1, 2, 0)
+            ax.imshow(picture[:, :, 0] if picture.shape[2] == 1 else picture.clip(0, 1),
+                      cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(f"{'clean' if k == 0 else 'adv'}: {pred}", fontsize=8,
+                         color="black" if pred == y[i] else "red")
+    fig.suptitle(f"{title}: predicted labels, red where wrong")
+    fig.tight_layout()
     save_figure(fig, path)

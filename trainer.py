@@ -107,10 +107,13 @@ class Cursor:
 
 
 class Trainer:
+    """`adversary` (advtrain): called on each batch (x, y), returns the batch to train on,
+    and gives a `robust_accuracy()` per epoch (attack.AdversarialBatches)."""
+
     def __init__(self, model: EnergyNet, train: Split, test: Split, args: Namespace,
-                 run_dir: Path | None):
+                 run_dir: Path | None, adversary=None):
         self.model, self.train, self.test = model, train, test
-        self.args, self.run_dir = args, run_dir
+        self.args, self.run_dir, self.adversary = args, run_dir, adversary
         self.optimizer = make_optimizer(model, args)
         self.scheduler = make_scheduler(self.optimizer, args)
         self.phases = phases_from(args)
@@ -210,16 +213,19 @@ class Trainer:
 
     # ---- training ------------------------------------------------------------------------
     def train_batch(self, x: Tensor, y: Tensor) -> States:
-        """Gradients of one batch by the chosen algorithm; returns the free states."""
-        alg = self.args.alg
+        """Gradients of one batch by the chosen algorithm (with --dropouts, under masks drawn
+        for this batch); returns the free states."""
+        alg, masks = self.args.alg, None
+        if self.args.dropouts is not None:
+            masks = self.model.dropout_masks(len(y), self.args.dropouts, self.gen, x)
         if alg == "EP":
             sign = 1.0
             if self.args.random_sign:
                 sign = 2.0 * torch.randint(0, 2, (), generator=self.gen, device=x.device).item() - 1
-            return ep_gradients(self.model, x, y, self.phases, sign)
+            return ep_gradients(self.model, x, y, self.phases, sign, masks)
         if alg == "BPTT":
-            return bptt_gradients(self.model, x, y, self.phases)
-        return bp_gradients(self.model, x, y)
+            return bptt_gradients(self.model, x, y, self.phases, masks)
+        return bp_gradients(self.model, x, y, masks)
 
     def run_epoch(self, total_epochs: int) -> None:
         """Train one epoch (or its rest after a resume) unless a stop signal comes first."""
@@ -237,6 +243,8 @@ class Trainer:
         stream = batches(self.train, self.args.mbs, cur.perm, cur.seen, self.args.data_aug,
                          self.gen)
         for b, (x, y) in enumerate(stream, done):
+            if self.adversary is not None:
+                x = self.adversary(x, y)
             s = self.train_batch(x, y)
             self.optimizer.step()
             self.model.after_update(x, s)
@@ -306,6 +314,8 @@ class Trainer:
         for k in CODE_KEYS:
             if k in scores:
                 self.log(k, scores[k])
+        if self.adversary is not None:
+            self.log("robust_acc", self.adversary.robust_accuracy())
         self.check_tau()
         self.cursor = None
         step_scheduler(self.scheduler)

@@ -55,8 +55,25 @@ BAD_INPUTS = [
     (LCA + ["--lca_lambda", "-1"], "--lca_lambda -1: the threshold must be 0 or more"),
     (LCA + ["--lca_feedback", "0"], "--lca_feedback 0: the top-down scale must be in (0, 100]"),
     (LCA + ["--n_feats", "0"], "--n_feats 0: a number of atoms must be at least 1"),
-    (["--todo", "attack"], "--todo attack is not available yet"),
-    (["--dropouts", "1", "1"], "--dropouts is not available yet"),
+    (["--todo", "attack"], "--todo attack needs --load-path DIR"),
+    (["--attack", "pgd"], "--attack only applies with --todo attack; remove it"),
+    (["--adv-fraction", "0.5"], "--adv-fraction only applies with --todo advtrain"),
+    (["--todo", "advtrain", "--attack-step", "5"], "--attack-step only applies with --todo attack"),
+    (["--todo", "advtrain", "--attack", "pgd"], "--attack only applies with --todo attack"),
+    (["--todo", "attack", "--train-attack-step", "5"], "--train-attack-step only applies with"),
+    (["--todo", "advtrain", "--attack-norm", "l1"], "--attack-norm 'l1' is unknown; choose one of"),
+    (["--todo", "advtrain", "--eps", "0.1", "0.2"], "--eps: --todo advtrain trains at one radius"),
+    (["--todo", "advtrain", "--attack-norm", "2", "inf"], "--attack-norm: --todo advtrain trains"),
+    (["--todo", "advtrain", "--eps", "-0.1"], "--eps -0.1: a perturbation radius is 0 or more"),
+    (["--todo", "advtrain", "--eps", "2"], "--eps 2: pixels lie in [0, 1]"),
+    (["--todo", "advtrain", "--adv-fraction", "0"], "--adv-fraction 0: the adversarial share"),
+    (["--todo", "advtrain", "--adv-fraction", "1.5"], "--adv-fraction 1.5: the adversarial share"),
+    (["--todo", "advtrain", "--train-attack-step", "0"], "--train-attack-step 0: give 1 to"),
+    (["--todo", "advtrain", "--attack-images", "0"], "--attack-images 0: give 1 or more"),
+    (["--dropouts", "1", "1", "1"], "--dropouts has 3 entries but the model has 2 layers"),
+    (["--dropouts", "0", "1"], "--dropouts 0: a keep probability is in (0, 1]"),
+    (["--dropouts", "1", "1.2"], "--dropouts 1.2: a keep probability is in (0, 1]"),
+    (["--todo", "gducheck", "--dropouts", "1", "1"], "--dropouts only applies while training"),
     (["--same-update"], "--same-update only applies to --model VFMLP or VFCNN with --alg EP"),
     (["--model", "VFMLP", "--alg", "BPTT", "--same-update"], "--same-update only applies"),
     (["--model", "VFCNN", "--alg", "BP"], "--alg BP: a feed-forward pass never uses the feedback"),
@@ -128,7 +145,7 @@ SPEC_FLAGS = """--model --task --data-aug --lr-decay --scale --archi --channels 
 --paddings --pools --fc --act --todo --alg --check-thm --T1 --T2 --betas --random-sign
 --thirdphase --same-update --loss --softmax --optim --lrs --wds --mmt --epochs --mbs --seed
 --device --save --load-path --eps --image-print --attack-step --predict-step
---train-attack-step --attack-norm --n_feats --lca_lambda --tau --eta --lca_stride --lca_iters
+--train-attack-step --attack-norm --attack --attack-images --adv-fraction --n_feats --lca_lambda --tau --eta --lca_stride --lca_iters
 --dict_loss --dropouts --lca_feedback --lca_signed --lca_raw_input""".split()
 
 

@@ -18,23 +18,13 @@ CHECK_LINES = [argv for script in sorted((ROOT / "check").glob("*.sh"))
 ALL = [words[2:] for words in SEED_LINES] + CHECK_LINES
 
 
-def later_reason(args) -> str | None:
-    """What a line needs that later versions add (None if this version runs it)."""
-    if args.todo in config.LATER_TODOS:
-        return f"--todo {args.todo} is not available yet"
-    if args.dropouts is not None:
-        return "--dropouts is not available yet"
-    return None
-
-
 @pytest.mark.parametrize("argv", ALL, ids=[" ".join(a)[:90] for a in ALL])
 def test_line_builds_its_model_or_fails_in_one_line(argv, capsys):
     args, typed = main.parse(argv)
-    reason = later_reason(args)
-    if reason or args.load_path:
+    if args.load_path:
         rc, _, err = cli(argv, capsys)
         assert rc == 2 and len(err.strip().splitlines()) == 1
-        assert (reason or f"--load-path {args.load_path}: no such folder") in err
+        assert f"--load-path {args.load_path}: no such folder" in err
         return
     config.validate(args, typed)
     model = config.build_model(args)

@@ -1,0 +1,272 @@
+"""Adversarial examples through ART: the attack sweep of a trained run (--todo attack) and the
+PGD examples of adversarial training (--todo advtrain).
+
+Images are attacked in [0, 1] pixel space; the task's normalisation is ART's preprocessing
+(art_patches), so it is applied exactly once, inside the classifier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from argparse import Namespace
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from art.attacks.evasion import (AutoAttack, CarliniL2Method, FastGradientMethod,
+                                 ProjectedGradientDescent, SquareAttack)
+from torch import Tensor
+from tqdm import tqdm
+
+from art_patches import art_classifier
+from data_utils import NORMALISATION, Split, normalise, pixels
+from model_utils import EnergyNet
+
+ATTACKS = ("pgd", "fgsm", "autoattack", "square", "cw")
+NORMS = {"2": "2", "inf": "inf", "100": "inf"}  # the old scripts pass 100 for inf
+PGD_ITERS = 20
+# the seed study's sweeps: 10 log-spaced values, plus 8/255 (Linf) or 1.0 (L2)
+DEFAULT_EPS = {"inf": [*np.logspace(-4, -1, 10).tolist(), 8 / 255],
+               "2": [*np.logspace(math.log10(0.05), math.log10(3), 10).tolist(), 1.0]}
+# whole test set for the fast attacks, 200 images for the slow ones (as the study)
+SLOW_ATTACKS, SLOW_IMAGES = ("autoattack", "square", "cw"), 200
+RESULTS_FILE, PLOT_FILE = "Adversarial_Accuracy.txt", "adversarial_accuracy.png"
+
+
+@dataclass
+class Row:
+    """One line of Adversarial_Accuracy.txt."""
+    attack: str
+    norm: str
+    eps: float
+    clean_acc: float
+    adv_acc: float
+    images: int
+    attack_step: int
+    predict_step: int
+    seconds: float
+
+    def line(self) -> str:
+        return "\t".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in astuple(self))
+
+
+HEADER = "\t".join(f.name for f in fields(Row))
+
+
+def art_norm(norm: str) -> float:
+    return np.inf if norm == "inf" else 2
+
+
+def make_attack(name: str, classifier, norm: str, eps: float, mbs: int):
+    """ART's attack `name` at radius eps in `norm` (eps > 0 for square and autoattack)."""
+    p = art_norm(norm)
+    if name == "pgd":  # eps 0 still runs: its projection keeps the images as they are
+        return ProjectedGradientDescent(classifier, norm=p, eps=eps,
+                                        eps_step=max(2.5 * eps / PGD_ITERS, 1e-12),
+                                        max_iter=PGD_ITERS, num_random_init=0, batch_size=mbs,
+                                        verbose=False)
+    if name == "fgsm":
+        return FastGradientMethod(classifier, norm=p, eps=eps, batch_size=mbs)
+    if name == "square":
+        return SquareAttack(classifier, norm=p, eps=eps, batch_size=mbs, verbose=False)
+    if name == "autoattack":  # ART's standard set: APGD-CE, APGD-DLR, DeepFool, Square
+        auto = AutoAttack(classifier, norm=p, eps=eps, eps_step=2.5 * eps / PGD_ITERS,
+                          batch_size=mbs)
+        for inner in auto.attacks:  # one progress bar (ours), not one per inner attack
+            inner.verbose = False
+        return auto
+    return CarliniL2Method(classifier, batch_size=mbs, verbose=False)
+
+
+@contextlib.contextmanager
+def frozen(model: EnergyNet) -> Iterator[None]:
+    """Weights without requires_grad while an attack runs: its backward passes then compute
+    (and leave) no parameter gradient."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def attack_norms(args: Namespace) -> list[str]:
+    return [NORMS[n] for n in args.attack_norm]
+
+
+def eps_values(args: Namespace, norm: str) -> list[float]:
+    return sorted(args.eps if args.eps is not None else DEFAULT_EPS[norm])
+
+
+def image_count(args: Namespace, name: str, n_test: int) -> int:
+    n = args.attack_images or (SLOW_IMAGES if name in SLOW_ATTACKS else n_test)
+    return min(n, n_test)
+
+
+def subset(n_test: int, n: int, seed: int, device: torch.device) -> Tensor:
+    """The first n of a seeded order of the test set (all of it, in order, for n_test)."""
+    if n >= n_test:
+        return torch.arange(n_test, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return torch.randperm(n_test, generator=gen, device=device)[:n]
+
+
+def perturbation_norm(x_adv: np.ndarray, x: np.ndarray, norm: str) -> np.ndarray:
+    d = (x_adv - x).reshape(len(x), -1)
+    return np.abs(d).max(1) if norm == "inf" else np.linalg.norm(d, axis=1)
+
+
+@dataclass
+class Sweep:
+    """Everything one --todo attack call needs, and what it has found so far."""
+    model: EnergyNet
+    test: Split
+    args: Namespace
+
+    def __post_init__(self):
+        args = self.args
+        self.attack_step = args.attack_step or args.T1
+        self.predict_step = args.predict_step or args.T1
+        feedforward = args.alg == "BP"
+        if feedforward:  # a BP-trained model is attacked (and predicts) feed-forward
+            self.attack_step = self.predict_step = 0
+        self.classifier = art_classifier(self.model, self.test.x.shape[1:], self.attack_step,
+                                         self.predict_step, NORMALISATION.get(args.task),
+                                         feedforward)
+        self.last: tuple[np.ndarray, ...] = ()
+
+    def images(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = subset(len(self.test), n, self.args.seed, self.test.x.device)
+        x = pixels(self.test.x[idx], self.args.task)
+        return x.cpu().numpy(), self.test.y[idx].cpu().numpy()
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.classifier.predict(x, batch_size=self.args.mbs).argmax(1)
+
+    def run(self, name: str, norm: str) -> Iterator[Row]:
+        """Every eps of the sweep for one attack and norm, a row each; afterwards
+        `self.last` holds the clean and adversarial images, their predictions and labels at
+        the largest eps (for the image grid)."""
+        args = self.args
+        x, y = self.images(image_count(args, name, len(self.test)))
+        clean_pred = self.predict(x)
+        clean_acc = 100.0 * float((clean_pred == y).mean())
+        cw = None
+        for eps in eps_values(args, norm):
+            np.random.seed(args.seed)  # ART draws its random starts and squares from numpy
+            torch.manual_seed(args.seed)
+            start = time.time()
+            desc = f"{name} L{norm} eps {eps:.3g}"
+            if name == "cw":  # one minimal-perturbation run serves every eps
+                if cw is None:
+                    cw_adv = self.generate(name, norm, eps, x, y, desc)
+                    cw = (cw_adv, self.predict(cw_adv), perturbation_norm(cw_adv, x, norm),
+                          time.time() - start)
+                inside = cw[2] <= eps
+                x_adv = np.where(inside.reshape(-1, *[1] * (x.ndim - 1)), cw[0], x)
+                pred, seconds = np.where(inside, cw[1], clean_pred), cw[3]
+            else:
+                no_budget = eps == 0 and name in ("square", "autoattack")  # ART needs eps > 0
+                x_adv = x if no_budget else self.generate(name, norm, eps, x, y, desc)
+                pred, seconds = self.predict(x_adv), time.time() - start
+            row = Row(name, norm, float(eps), clean_acc, 100.0 * float((pred == y).mean()),
+                      len(y), self.attack_step, self.predict_step, seconds)
+            tqdm.write(f"{name} L{norm} eps {eps:.4g}: clean {clean_acc:.2f}%, adversarial "
+                       f"{row.adv_acc:.2f}% ({len(y)} images, {seconds:.1f}s)")
+            self.last = (x, x_adv, clean_pred, pred, y)
+            yield row
+
+    def generate(self, name: str, norm: str, eps: float, x: np.ndarray, y: np.ndarray,
+                 desc: str) -> np.ndarray:
+        """ART's adversarial images, batch by batch under a progress bar."""
+        attack, mbs = make_attack(name, self.classifier, norm, eps, self.args.mbs), self.args.mbs
+        out = np.empty_like(x)
+        # ART divides by zero-norm gradients at eps 0 (harmlessly): keep its warnings quiet
+        with frozen(self.model), np.errstate(divide="ignore", invalid="ignore"), \
+                tqdm(total=len(x), desc=desc, unit="img", leave=False, dynamic_ncols=True) as bar:
+            for i in range(0, len(x), mbs):
+                out[i:i + mbs] = attack.generate(x[i:i + mbs], y[i:i + mbs])
+                bar.update(len(x[i:i + mbs]))
+        return out
+
+
+def read_rows(path: Path) -> list[Row]:
+    """Every row of an Adversarial_Accuracy.txt (headers and comment lines skipped)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) != len(fields(Row)) or line.startswith(("#", "attack\t")):
+            continue
+        kinds = [f.type for f in fields(Row)]
+        cast = {"str": str, "float": float, "int": int}
+        rows.append(Row(*(cast[k](v) for k, v in zip(kinds, parts))))
+    return rows
+
+
+@dataclass
+class AdversarialBatches:
+    """advtrain: the first `fraction` of each (normalised) batch replaced by PGD examples
+    made against the current model through `attack_step` free steps; the robust accuracy of
+    a fixed test subset once per epoch."""
+    model: EnergyNet
+    task: str
+    norm: str
+    eps: float
+    fraction: float
+    attack_step: int
+    predict_step: int
+    mbs: int
+    robust_test: Split
+    feedforward: bool = False
+
+    def __post_init__(self):
+        self.classifier = art_classifier(self.model, self.robust_test.x.shape[1:],
+                                         self.attack_step, self.predict_step,
+                                         NORMALISATION.get(self.task), self.feedforward)
+        self.attack = make_attack("pgd", self.classifier, self.norm, self.eps, self.mbs)
+
+    def __str__(self) -> str:
+        steps = ("feed-forward" if self.feedforward else
+                 f"gradient through {self.attack_step} free steps")
+        return (f"PGD-{PGD_ITERS} L{self.norm} eps {self.eps:.4g} on {100 * self.fraction:g}% of "
+                f"each batch ({steps}); robust test accuracy on {len(self.robust_test)} images")
+
+    def adversarial_pixels(self, x: Tensor, y: Tensor) -> np.ndarray:
+        """PGD examples, in pixel space, of normalised images x."""
+        with frozen(self.model):
+            return self.attack.generate(pixels(x, self.task).cpu().numpy(), y.cpu().numpy())
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        k = round(self.fraction * len(y))
+        if k == 0:
+            return x
+        adv = torch.from_numpy(self.adversarial_pixels(x[:k], y[:k])).to(x.device)
+        return torch.cat([normalise(adv, self.task), x[k:]])  # normalised once, as x was
+
+    def robust_accuracy(self) -> float:
+        """Accuracy (%) on PGD examples of the robust test subset."""
+        data, correct = self.robust_test, 0
+        for i in range(0, len(data), self.mbs):
+            x, y = data.x[i:i + self.mbs], data.y[i:i + self.mbs]
+            pred = self.classifier.predict(self.adversarial_pixels(x, y),
+                                           batch_size=self.mbs).argmax(1)
+            correct += int((pred == y.cpu().numpy()).sum())
+        return 100.0 * correct / len(data)
+
+
+def adversary(model: EnergyNet, test: Split, args: Namespace) -> AdversarialBatches:
+    """advtrain's adversary from the flags (--eps default: 8/255 for Linf, 1 for L2)."""
+    norm = attack_norms(args)[0]
+    eps = args.eps[0] if args.eps else DEFAULT_EPS[norm][-1]
+    idx = subset(len(test), args.attack_images or SLOW_IMAGES, args.seed, test.x.device)
+    return AdversarialBatches(model, args.task, norm, eps, args.adv_fraction,
+                              args.train_attack_step or args.T1, args.T1, args.mbs,
+                              Split(test.x[idx], test.y[idx]), args.alg == "BP")
