@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from art_patches import art_classifier
 from data_utils import NORMALISATION, Split, normalise, pixels
+from errors import UsageError
 from model_utils import EnergyNet
 
 ATTACKS = ("pgd", "fgsm", "autoattack", "square", "cw")
@@ -59,6 +60,14 @@ HEADER = "\t".join(f.name for f in fields(Row))
 
 def art_norm(norm: str) -> float:
     return np.inf if norm == "inf" else 2
+
+
+def check_unroll(model: EnergyNet, steps: int, flag: str) -> None:
+    """An attack's unroll reaches the input (the adapter refuses a shorter one)."""
+    if steps < model.n_states:
+        raise UsageError(f"{flag} {steps}: the input reaches the output only after "
+                         f"{model.n_states} free steps (one per layer), so fewer give the attack "
+                         f"no gradient; give at least {model.n_states}")
 
 
 def make_attack(name: str, classifier, norm: str, eps: float, mbs: int):
@@ -136,6 +145,9 @@ class Sweep:
         feedforward = args.alg == "BP"
         if feedforward:  # a BP-trained model is attacked (and predicts) feed-forward
             self.attack_step = self.predict_step = 0
+        else:
+            check_unroll(self.model, self.attack_step,
+                         "--attack-step" if args.attack_step else "--T1")
         self.classifier = art_classifier(self.model, self.test.x.shape[1:], self.attack_step,
                                          self.predict_step, NORMALISATION.get(args.task),
                                          feedforward)
@@ -266,7 +278,9 @@ def adversary(model: EnergyNet, test: Split, args: Namespace) -> AdversarialBatc
     """advtrain's adversary from the flags (--eps default: 8/255 for Linf, 1 for L2)."""
     norm = attack_norms(args)[0]
     eps = args.eps[0] if args.eps else DEFAULT_EPS[norm][-1]
+    steps = args.train_attack_step or args.T1
+    if args.alg != "BP":
+        check_unroll(model, steps, "--train-attack-step" if args.train_attack_step else "--T1")
     idx = subset(len(test), args.attack_images or SLOW_IMAGES, args.seed, test.x.device)
-    return AdversarialBatches(model, args.task, norm, eps, args.adv_fraction,
-                              args.train_attack_step or args.T1, args.T1, args.mbs,
-                              Split(test.x[idx], test.y[idx]), args.alg == "BP")
+    return AdversarialBatches(model, args.task, norm, eps, args.adv_fraction, steps, args.T1,
+                              args.mbs, Split(test.x[idx], test.y[idx]), args.alg == "BP")

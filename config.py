@@ -215,7 +215,7 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     if args.todo in ("evaluate", "attack") and not args.load_path:
         raise UsageError(f"--todo {args.todo} needs --load-path DIR (a results folder with "
                          "model.pt)")
-    check_attack(args)
+    check_attack(args, typed)
     if args.optim == "adam" and "mmt" in typed and "mmt" not in from_checkpoint:
         raise FlagError(f"--mmt {args.mmt:g}: --optim adam has no momentum; remove --mmt or use "
                         "--optim sgd", "mmt", "optim")
@@ -284,12 +284,16 @@ def check_vf_and_gdu(args: Namespace, typed: set[str]) -> None:
                         f"from the free fixed point; give --betas 0 {args.betas[1]:g}", "betas")
 
 
-def check_attack(args: Namespace) -> None:
+def check_attack(args: Namespace, typed: set[str]) -> None:
     """--attack, --attack-norm and --eps fit each other; advtrain trains at one radius."""
     from attack import ATTACKS, NORMS  # ART loads only where attacks are asked for
 
     if args.todo not in ("attack", "advtrain"):
         return
+    for dest in ("attack_step", "predict_step", "train_attack_step"):
+        if dest in typed and args.alg == "BP":
+            raise FlagError(f"{flag(dest)}: a BP-trained model (--alg BP) predicts and is "
+                            "attacked feed-forward, without free steps; remove it", dest, "alg")
     args.attack = args.attack or ["pgd"]
     args.attack_norm = args.attack_norm or ["inf"]
     for name in args.attack:
@@ -336,7 +340,7 @@ def check_steps(args: Namespace) -> None:
             raise FlagError(f"{flag(dest)} {getattr(args, dest)}: more than {MAX_STEPS:,} steps "
                             "per phase; the published runs use at most 250", dest)
     gdu = args.todo == "gducheck" or args.check_thm
-    if (args.alg == "BPTT" or gdu) and args.T2 > args.T1:
+    if (args.alg == "BPTT" and trains(args) or gdu) and args.T2 > args.T1:
         raise FlagError(f"--T2 {args.T2} > --T1 {args.T1}: BPTT back-propagates through the last "
                         "T2 of the T1 free steps; make T2 <= T1", "T2", "T1")
     if gdu and args.T2 < 1:

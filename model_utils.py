@@ -327,20 +327,20 @@ class EnergyNet(nn.Module):
         return Batch(x, self.input_drive(x, masks), None if y is None else self.one_hot(y, x),
                      beta, masks)
 
-    def dropout_masks(self, n: int, keep: list[float], gen: torch.Generator | None = None,
-                      like: Tensor | None = None) -> Masks:
-        """Inverted dropout masks (0 or 1/keep) for n samples, one per synapse's input layer;
-        None where keep is 1 (and None for all: exactly the model without dropout)."""
+    def dropout_masks(self, x: Tensor, keep: list[float],
+                      gen: torch.Generator | None = None) -> Masks:
+        """Inverted dropout masks (0 or 1/keep) for the batch x, one per synapse's input layer
+        (x first); None where keep is 1 (and None for all: exactly the model without dropout)."""
         if all(p == 1 for p in keep):
             return None
-        shapes = [self.input_shape] + list(self.state_shapes)
+        shapes = [x.shape[1:]] + list(self.state_shapes)
         masks = []
         for p, shape in zip(keep, shapes):
             if p == 1:
                 masks.append(None)
                 continue
-            draw = torch.rand(n, *shape, generator=gen, device=like.device, dtype=like.dtype)
-            masks.append((draw < p).to(like.dtype).div_(p).contiguous(
+            draw = torch.rand(len(x), *shape, generator=gen, device=x.device, dtype=x.dtype)
+            masks.append((draw < p).to(x.dtype).div_(p).contiguous(
                 memory_format=_layout(shape)))
         return tuple(masks)
 

@@ -217,7 +217,7 @@ class Trainer:
         for this batch); returns the free states."""
         alg, masks = self.args.alg, None
         if self.args.dropouts is not None:
-            masks = self.model.dropout_masks(len(y), self.args.dropouts, self.gen, x)
+            masks = self.model.dropout_masks(x, self.args.dropouts, self.gen)
         if alg == "EP":
             sign = 1.0
             if self.args.random_sign:

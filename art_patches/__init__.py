@@ -26,6 +26,9 @@ class UnrolledNet(nn.Module):
 
     def __init__(self, model: EnergyNet, attack_steps: int, predict_steps: int,
                  feedforward: bool = False):
+        if not feedforward and attack_steps < model.n_states:
+            raise ValueError(f"the input reaches the output only after {model.n_states} steps "
+                             f"(one per layer), so {attack_steps} give no gradient")
         super().__init__()
         self.model = model
         self.attack_steps, self.predict_steps = attack_steps, predict_steps

@@ -1,10 +1,13 @@
 """Shared helpers: run the CLI in-process and read what a run wrote."""
 
 import csv
+import pickle
 import shlex
 from pathlib import Path
 
+import numpy as np
 import torch
+import torchvision
 
 import main
 
@@ -49,3 +52,21 @@ def script_lines(path: Path) -> list[list[str]]:
         if len(words) > 2 and words[0] == "python" and words[1].startswith("main"):
             lines.append([w for w in words[2:] if w != "$@"])  # "$@": extra flags
     return lines
+
+
+def write_cifar(root: Path, task: str, n: int, monkeypatch) -> None:
+    """A CIFAR-10/100 folder of our own files (n images per batch file: red channel 0, green
+    and blue 1) that torchvision loads; its md5 comparison is skipped, nothing else."""
+    cls = getattr(torchvision.datasets, task)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    folder = Path(root) / cls.base_folder
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    key, classes = ("labels", 10) if task == "CIFAR10" else ("fine_labels", 100)
+    pixels = np.full((n, 3 * 32 * 32), 255, dtype=np.uint8)
+    pixels[:, :1024] = 0
+    for name, _ in cls.train_list + cls.test_list:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": pixels, key: rng.integers(0, classes, n).tolist()}, f)
+    with open(folder / cls.meta["filename"], "wb") as f:
+        pickle.dump({cls.meta["key"]: [f"c{i}" for i in range(classes)]}, f)

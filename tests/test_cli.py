@@ -145,8 +145,9 @@ SPEC_FLAGS = """--model --task --data-aug --lr-decay --scale --archi --channels 
 --paddings --pools --fc --act --todo --alg --check-thm --T1 --T2 --betas --random-sign
 --thirdphase --same-update --loss --softmax --optim --lrs --wds --mmt --epochs --mbs --seed
 --device --save --load-path --eps --image-print --attack-step --predict-step
---train-attack-step --attack-norm --attack --attack-images --adv-fraction --n_feats --lca_lambda --tau --eta --lca_stride --lca_iters
---dict_loss --dropouts --lca_feedback --lca_signed --lca_raw_input""".split()
+--train-attack-step --attack-norm --attack --attack-images --adv-fraction --n_feats
+--lca_lambda --tau --eta --lca_stride --lca_iters --dict_loss --dropouts --lca_feedback
+--lca_signed --lca_raw_input""".split()
 
 
 def test_help_lists_every_flag(capsys):

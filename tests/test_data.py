@@ -1,13 +1,12 @@
 """Datasets through torchvision (from files the test writes), the offline split, augmentation."""
 
-import pickle
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 
+from helpers import write_cifar
 from data_utils import CIFAR_MEAN, CIFAR_STD, augment, batches, load_task, mnist5k, num_batches
 
 CPU = torch.device("cpu")
@@ -41,20 +40,8 @@ def test_mnist_like_tasks_load_through_torchvision(tmp_path, task):
 def test_cifar_loads_and_is_normalised_as_published(tmp_path, monkeypatch, task, folder,
                                                     classes):
     cls = getattr(torchvision.datasets, task)
-    # our files, not the published ones: skip the md5 comparison only
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
-    root = tmp_path / folder
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    key = "labels" if task == "CIFAR10" else "fine_labels"
-    pixels = np.full((4, 3 * 32 * 32), 255, dtype=np.uint8)
-    pixels[:, :1024] = 0  # red channel 0, green and blue 1
-    files = [f for f, _ in cls.train_list + cls.test_list]
-    for name in files:
-        with open(root / name, "wb") as f:
-            pickle.dump({"data": pixels, key: rng.integers(0, classes, 4).tolist()}, f)
-    with open(root / cls.meta["filename"], "wb") as f:
-        pickle.dump({cls.meta["key"]: [f"c{i}" for i in range(classes)]}, f)
+    write_cifar(tmp_path, task, 4, monkeypatch)
+    assert (tmp_path / folder).is_dir()
     train, test = load_task(task, str(tmp_path), CPU)
     assert train.x.shape == (4 * len(cls.train_list), 3, 32, 32) and len(test) == 4
     expected = [(0 - CIFAR_MEAN[0]) / CIFAR_STD[0], (1 - CIFAR_MEAN[1]) / CIFAR_STD[1],

@@ -30,6 +30,8 @@ ARCHS = {  # flags, number of weight layers
 OPTIMS = {"sgd": ["--optim", "sgd", "--mmt", "0.9"], "adam": ["--optim", "adam"]}
 CASES = [(m, o, a) for m in ARCHS for o in OPTIMS for a in ("EP", "BPTT", "BP")
          if not (m.startswith("VF") and a == "BP")]
+DROPOUTS = ["--dropouts", "0.8", "1", "0.6"]  # CNN: the input, conv 1 (kept), conv 2
+CASES += [("CNN", "sgd", a) for a in ("EP-dropout", "BPTT-dropout", "BP-dropout")]
 
 
 def plain_loop(model, args, data, n_batches):
@@ -43,15 +45,21 @@ def plain_loop(model, args, data, n_batches):
     gen = torch.Generator(device=data.x.device).manual_seed(args.seed)
     perm = torch.randperm(len(data), generator=gen, device=data.x.device)
     ph = Phases(args.T1, args.T2, *args.betas, args.thirdphase)
+    shapes = [data.x.shape[1:]] + list(model.state_shapes)
     for b in range(n_batches):
         idx = perm[b * args.mbs:(b + 1) * args.mbs]
         x, y = data.x[idx], data.y[idx]
+        masks = None
+        if args.dropouts:  # inverted masks of the layers each synapse reads, one draw a batch
+            masks = tuple(None if p == 1 else (torch.rand(len(y), *shape, generator=gen,
+                                                          device=x.device) < p).to(x) / p
+                          for p, shape in zip(args.dropouts, shapes))
         if args.alg == "EP":
-            s = ep_gradients(model, x, y, ph)
+            s = ep_gradients(model, x, y, ph, masks=masks)
         elif args.alg == "BPTT":
-            s = bptt_gradients(model, x, y, ph)
+            s = bptt_gradients(model, x, y, ph, masks)
         else:
-            s = bp_gradients(model, x, y)
+            s = bp_gradients(model, x, y, masks)
         for p in model.parameters():
             p.grad = p.grad.contiguous()
         optimizer.step()
@@ -79,6 +87,8 @@ def dictionary_step(D, x, a, eta, stride, padding):
 def test_weights_after_training_equal_a_plain_optimizer_loop(model_name, optim, alg, device,
                                                               float64):
     arch, n_layers = ARCHS[model_name]
+    alg, dropout = alg.split("-")[0], alg.endswith("dropout")
+    arch = arch + (DROPOUTS if dropout else [])
     argv = (["--model", model_name, "--alg", alg, "--T1", "6", "--T2", "3", "--mbs", "8"]
             + ["--lrs"] + ["0.05"] * n_layers + ["--wds"] + ["1e-3"] * n_layers
             + arch + OPTIMS[optim] + (["--thirdphase"] if alg == "EP" else []))
