@@ -115,9 +115,11 @@ def entries(args: Namespace, dest: str) -> list:
 
 
 def from_saved(args: Namespace, typed: set[str], saved: dict) -> dict:
-    """The saved run's values that a resume uses: all but the typed ones it does not fix."""
+    """The saved run's values that a resume uses: all but the typed ones it does not fix, and
+    the attack flags only to resume advtrain (an attack takes its own, not the training's)."""
     known = vars(args)
-    return {k: v for k, v in saved.items() if k in known and (k not in typed or k in SAVED_KEYS)}
+    return {k: v for k, v in saved.items() if k in known and (k not in typed or k in SAVED_KEYS)
+            and (k not in ATTACK_FLAGS or args.todo == "advtrain")}
 
 
 def merge_saved(args: Namespace, typed: set[str], saved: dict) -> Namespace:

@@ -1,4 +1,4 @@
-"""eqprop command line: train, evaluate and check (later: attack) energy-based networks.
+"""eqprop command line: train, evaluate, check and attack energy-based networks.
 
     python main.py --model MLP --task MNIST5K --archi 784 512 10 --todo train --save
 """
@@ -7,27 +7,31 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import re
 import shlex
+import signal
 import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-try:  # Ctrl-C while torch and friends import: leave quietly
-    import torch
+# Ctrl-C while torch and friends import: leave quietly (a KeyboardInterrupt inside a C
+# extension's import can leave it half-loaded and end in an ImportError instead)
+signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+import torch  # noqa: E402
 
-    import config
-    import plots
-    from data_utils import Split, load_task
-    from errors import Diverged, UsageError
-    from gdu import gdu_check, gdu_report
-    from model_utils import EnergyNet, count_parameters, describe
-    from results import (BEST_MODEL, GDU_METRICS, HYPERPARAMETERS, append_text, atomic_write_text,
-                         load_checked, load_run, load_weights, new_run_dir)
-    from trainer import Trainer, evaluate_split
-except KeyboardInterrupt:
-    sys.exit(130)
+import config  # noqa: E402
+import plots  # noqa: E402
+from data_utils import Split, load_task  # noqa: E402
+from errors import Diverged, UsageError  # noqa: E402
+from gdu import gdu_check, gdu_report  # noqa: E402
+from model_utils import EnergyNet, count_parameters, describe  # noqa: E402
+from results import (BEST_MODEL, GDU_METRICS, HYPERPARAMETERS, append_text,  # noqa: E402
+                     atomic_write_text, load_checked, load_run, load_weights, new_run_dir)
+from trainer import Trainer, evaluate_split  # noqa: E402
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class HelpFormatter(argparse.HelpFormatter):

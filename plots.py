@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
@@ -157,14 +158,13 @@ def plot_adversarial(rows: list, path: Path) -> None:
             if r.norm == norm:
                 lines.setdefault((r.attack, r.attack_step, r.predict_step), {})[r.eps] = r
         for (attack, a_step, p_step), by_eps in lines.items():
-            eps = sorted(by_eps)
+            eps = sorted(e for e in by_eps if e > 0)  # eps 0 is the clean line
             steps = "" if a_step == 0 else f", {a_step}/{p_step} steps"
             line, = ax.plot(eps, [by_eps[e].adv_acc for e in eps], "o-",
                             label=f"{attack}{steps}")
-            ax.axhline(by_eps[eps[-1]].clean_acc, color=line.get_color(), ls=":", lw=1)
-        positive = [r.eps for r in rows if r.norm == norm and r.eps > 0]
-        if positive:
-            ax.set_xscale("symlog", linthresh=min(positive))
+            ax.axhline(by_eps[max(by_eps)].clean_acc, color=line.get_color(), ls=":", lw=1)
+        if any(r.eps > 0 for r in rows if r.norm == norm):
+            ax.set_xscale("log")
         ax.set_xlabel(f"eps (L{norm}, pixels in [0, 1])")
         ax.set_ylabel("adversarial accuracy (%)")
         ax.set_ylim(0, 100)
@@ -178,6 +178,8 @@ def plot_adversarial_examples(x, x_adv, clean_pred, adv_pred, y, path: Path, n: 
                               title: str) -> None:
     """A grid of n clean / adversarial pairs (pixel space) with their predicted labels."""
     n = min(n, len(x))
+    picks = np.linspace(0, len(x) - 1, n).round().astype(int)  # spread over the set
+    x, x_adv, clean_pred, adv_pred, y = (a[picks] for a in (x, x_adv, clean_pred, adv_pred, y))
     cols = min(n, 8)
     rows = -(-n // cols)
     fig, axes = plt.subplots(2 * rows, cols, figsize=(1.6 * cols, 3.5 * rows), squeeze=False)

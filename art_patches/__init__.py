@@ -2,7 +2,8 @@
 
 ART sees a plain `nn.Module` from pixels in [0, 1] to logits. Its gradient calls (PGD, FGSM,
 CW, AutoAttack's APGD) run with autograd on and get `attack_steps` free steps unrolled, with
-gradient checkpointing so that long unrolls fit in memory; its predictions run under
+gradient checkpointing so that long unrolls fit in memory (segments of the length that
+needs the least memory); its predictions run under
 `no_grad` and get `predict_steps` steps. The switch lives in the module, not in a classifier
 subclass, because ART's AutoAttack builds its own classifiers from the wrapped module.
 """
@@ -16,7 +17,7 @@ import torch
 from art.estimators.classification import PyTorchClassifier
 from torch import Tensor, nn
 
-from model_utils import EnergyNet, checkpointed_relax
+from model_utils import EnergyNet, checkpointed_relax, flat_states, map_states
 
 
 class UnrolledNet(nn.Module):
@@ -33,6 +34,7 @@ class UnrolledNet(nn.Module):
         self.model = model
         self.attack_steps, self.predict_steps = attack_steps, predict_steps
         self.feedforward = feedforward
+        self.segment: int | None = None  # steps per checkpoint segment, set on the first call
 
     def forward(self, x: Tensor) -> Tensor:
         model = self.model
@@ -40,10 +42,33 @@ class UnrolledNet(nn.Module):
             return model.logits(model.feedforward(x))
         if not torch.is_grad_enabled():
             return model(x, self.predict_steps)
-        steps = self.attack_steps  # segments of about sqrt(T) steps: memory O(sqrt(T)) steps
-        s = checkpointed_relax(model, model.batch(x), model.init_states(x), steps,
-                               math.isqrt(max(steps - 1, 0)) + 1)
+        if self.segment is None:
+            self.segment = memory_optimal_segment(model, x[:1], self.attack_steps)
+        s = checkpointed_relax(model, model.batch(x), model.init_states(x), self.attack_steps,
+                               self.segment)
         return model.logits(s)
+
+
+def memory_optimal_segment(model: EnergyNet, x: Tensor, steps: int) -> int:
+    """The checkpoint segment length that needs the least memory for a gradient through
+    `steps` steps: the backward pass holds steps / segment saved states plus one segment of
+    steps' saved tensors, least at segment = sqrt(steps * state bytes / step bytes)."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}  # the memory one step keeps for backward, each storage once
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    x = x.detach().requires_grad_()
+    states = map_states(lambda t: t.detach().requires_grad_(), model.init_states(x))
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.step(model.batch(x), states)
+    state = sum(t.numel() * t.element_size() for t in flat_states(states))
+    step = max(sum(saved.values()), 1)
+    return min(steps, max(1, round(math.sqrt(steps * state / step))))
 
 
 def art_classifier(model: EnergyNet, image_shape: tuple[int, ...], attack_steps: int,

@@ -56,6 +56,11 @@ def test_advtrain_resumes_bit_for_bit(tmp_path):
     assert metrics(only_run_dir(tmp_path / "c")) != [
         {k: v for k, v in row.items() if k != "robust_acc"} for row in metrics(a)]
     assert (a / "train-test_acc.png").exists()
+    # attacking it later sweeps the attack's own eps, not the training radius
+    assert cli(["--todo", "attack", "--load-path", a, "--attack", "fgsm", "--attack-images",
+                "20"])[0] == 0
+    assert [r.eps for r in attack.read_rows(a / attack.RESULTS_FILE)] == pytest.approx(
+        sorted(attack.DEFAULT_EPS["inf"]), rel=1e-5)
 
 
 def test_advtrain_with_bptt_cross_entropy_and_half_batches(tmp_path, capsys):
