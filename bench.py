@@ -119,6 +119,49 @@ def lca_costs(repeats: int, device: torch.device) -> dict:
     return {"lca_ms": lca_ms, "step_ms": step_ms, "share": lca_ms / step_ms, "mbs": args.mbs}
 
 
+def unroll_costs(repeats: int, device: torch.device, batch: int = 20) -> list[dict]:
+    """An attack's input gradient through the whole free phase (art_patches.UnrolledNet) of
+    the MLP and CNN lines: the plain unroll against the checkpointed one, what a long unroll
+    pays to fit in memory (alternating, same weights and images)."""
+    from art_patches import UnrolledNet, checkpoint_segment, unroll_bytes
+    from attack import frozen
+
+    x = load_task("MNIST5K", "", device)[1].x[:batch]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rows = []
+    for name, script in list(LINES.items())[:2]:
+        args = published_args(script, ["--device", "0"])
+        torch.manual_seed(0)
+        model = config.build_model(args).to(device)
+        nets = {budget: UnrolledNet(model, args.T1, args.T1, memory_budget=budget)
+                for budget in (2**62, 0)}  # never and always checkpointed
+
+        def gradient(net):
+            xg = x.clone().requires_grad_()
+            torch.autograd.grad(net(xg).logsumexp(1).sum(), xg)
+            sync()
+
+        times = {budget: [] for budget in nets}
+        with frozen(model):
+            for _ in range(max(1, repeats)):
+                for budget, net in nets.items():
+                    times[budget].append(median_ms(lambda net=net: gradient(net), 1))
+        state, step = unroll_bytes(model, x[:1])
+        plain, checkpointed = (statistics.median(times[b]) for b in nets)
+        rows.append({"line": name, "T": args.T1, "plain_ms": plain, "checkpointed_ms":
+                     checkpointed, "segment": checkpoint_segment(args.T1, state, step),
+                     "cost": checkpointed / plain, "batch": batch})
+    return rows
+
+
+def unroll_table(rows: list[dict]) -> str:
+    lines = [f"| attack gradient through T1 steps, batch of {rows[0]['batch']} | plain unroll "
+             "(ms) | checkpointed (ms) | cost |", "|---|---|---|---|"]
+    lines += [f"| {r['line']} | {r['plain_ms']:.1f} | {r['checkpointed_ms']:.1f} (segments of "
+              f"{r['segment']}) | {r['cost']:.2f}x |" for r in rows]
+    return "\n".join(lines)
+
+
 def lca_table(costs: dict) -> str:
     return "\n".join([
         f"| LCANet, batch of {costs['mbs']} | one LCA iteration (ms) | one network step (ms) | "
@@ -160,9 +203,10 @@ def cli() -> None:
     device = torch.device(a.device)
     rows = run(a.repeats, device)
     costs = lca_costs(a.repeats, device)
+    unrolls = unroll_costs(a.repeats, device)
     report = (f"### {time.strftime('%Y-%m-%d')}: {machine(device)}, torch {torch.__version__}\n\n"
               f"`python bench.py --repeats {a.repeats} --device {a.device}`\n\n{table(rows)}\n\n"
-              f"{lca_table(costs)}\n")
+              f"{lca_table(costs)}\n\n{unroll_table(unrolls)}\n")
     print(report)
     if a.write:
         with open(a.write, "a") as f:

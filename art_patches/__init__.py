@@ -2,8 +2,8 @@
 
 ART sees a plain `nn.Module` from pixels in [0, 1] to logits. Its gradient calls (PGD, FGSM,
 CW, AutoAttack's APGD) run with autograd on and get `attack_steps` free steps unrolled, with
-gradient checkpointing so that long unrolls fit in memory (segments of the length that
-needs the least memory); its predictions run under
+gradient checkpointing when the unroll would not fit a memory budget; its predictions run
+under
 `no_grad` and get `predict_steps` steps. The switch lives in the module, not in a classifier
 subclass, because ART's AutoAttack builds its own classifiers from the wrapped module.
 """
@@ -17,44 +17,60 @@ import torch
 from art.estimators.classification import PyTorchClassifier
 from torch import Tensor, nn
 
-from model_utils import EnergyNet, checkpointed_relax, flat_states, map_states
+from model_utils import EnergyNet, checkpointed_relax, flat_states, map_states, relax
+
+
+# a gradient whose plain unroll would keep more than this is checkpointed (it costs 1.7-2.5x
+# the time: BENCHMARKS.md)
+MEMORY_BUDGET = 2 * 2**30
 
 
 class UnrolledNet(nn.Module):
     """Pixels -> logits of `model`: `attack_steps` free steps when autograd is on (ART's
     gradients), `predict_steps` under no_grad (ART's predictions); with `feedforward`, the
-    feed-forward pass of a BP-trained model for both."""
+    feed-forward pass of a BP-trained model for both. A gradient whose unroll would keep more
+    than `memory_budget` bytes for backward is checkpointed, in segments of the length that
+    needs the least memory."""
 
     def __init__(self, model: EnergyNet, attack_steps: int, predict_steps: int,
-                 feedforward: bool = False):
+                 feedforward: bool = False, memory_budget: int = MEMORY_BUDGET):
         if not feedforward and attack_steps < model.n_states:
             raise ValueError(f"the input reaches the output only after {model.n_states} steps "
                              f"(one per layer), so {attack_steps} give no gradient")
         super().__init__()
         self.model = model
         self.attack_steps, self.predict_steps = attack_steps, predict_steps
-        self.feedforward = feedforward
-        self.segment: int | None = None  # steps per checkpoint segment, set on the first call
+        self.feedforward, self.memory_budget = feedforward, memory_budget
+        self.unroll_bytes: tuple[int, int] | None = None  # per image: a state, a step's saves
 
     def forward(self, x: Tensor) -> Tensor:
-        model = self.model
+        model, steps = self.model, self.attack_steps
         if self.feedforward:
             return model.logits(model.feedforward(x))
         if not torch.is_grad_enabled():
             return model(x, self.predict_steps)
-        if self.segment is None:
-            self.segment = memory_optimal_segment(model, x[:1], self.attack_steps)
-        s = checkpointed_relax(model, model.batch(x), model.init_states(x), self.attack_steps,
-                               self.segment)
-        return model.logits(s)
+        if self.unroll_bytes is None:
+            self.unroll_bytes = unroll_bytes(model, x[:1])
+        state, step = self.unroll_bytes
+        batch, s = model.batch(x), model.init_states(x)
+        if steps * step * len(x) <= self.memory_budget:
+            return model.logits(relax(model, batch, s, steps))
+        return model.logits(checkpointed_relax(model, batch, s, steps,
+                                               checkpoint_segment(steps, state, step)))
 
 
-def memory_optimal_segment(model: EnergyNet, x: Tensor, steps: int) -> int:
-    """The checkpoint segment length that needs the least memory for a gradient through
-    `steps` steps: the backward pass holds steps / segment saved states plus one segment of
-    steps' saved tensors, least at segment = sqrt(steps * state bytes / step bytes)."""
+def checkpoint_segment(steps: int, state: int, step: int) -> int:
+    """The segment length that needs the least memory for a gradient through `steps` steps:
+    steps / segment saved states plus one segment of steps' saves, least at
+    sqrt(steps * state / step) (bytes of a state, of what a step saves)."""
+    return min(steps, max(1, round(math.sqrt(steps * state / step))))
+
+
+def unroll_bytes(model: EnergyNet, x: Tensor) -> tuple[int, int]:
+    """Bytes per image of one state, and of what one step keeps for its backward pass
+    (measured on a step of `x`, each storage once, the weights not counted)."""
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}  # the memory one step keeps for backward, each storage once
+    saved: dict[int, int] = {}
 
     def pack(t: Tensor) -> Tensor:
         storage = t.untyped_storage()
@@ -62,13 +78,12 @@ def memory_optimal_segment(model: EnergyNet, x: Tensor, steps: int) -> int:
             saved[storage.data_ptr()] = storage.nbytes()
         return t
 
-    x = x.detach().requires_grad_()
+    x = x.detach().clone().requires_grad_()  # its own storage, not a slice of the batch's
     states = map_states(lambda t: t.detach().requires_grad_(), model.init_states(x))
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model.step(model.batch(x), states)
     state = sum(t.numel() * t.element_size() for t in flat_states(states))
-    step = max(sum(saved.values()), 1)
-    return min(steps, max(1, round(math.sqrt(steps * state / step))))
+    return state // len(x), max(sum(saved.values()) // len(x), 1)
 
 
 def art_classifier(model: EnergyNet, image_shape: tuple[int, ...], attack_steps: int,

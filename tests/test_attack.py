@@ -17,7 +17,9 @@ import torch
 from art.estimators.classification import PyTorchClassifier
 
 import attack
-from art_patches import UnrolledNet, art_classifier
+import art_patches
+from art_patches import (MEMORY_BUDGET, UnrolledNet, art_classifier, checkpoint_segment,
+                         unroll_bytes)
 from data_utils import NORMALISATION, Split, load_task, normalise, pixels
 from helpers import ROOT, cli, only_run_dir, write_cifar
 from model_utils import LCAConfig, build_cnn, build_lcanet, build_mlp, relax
@@ -170,12 +172,18 @@ def tiny_models():
                                    "cel", True)}
 
 
+@pytest.mark.parametrize("budget", [MEMORY_BUDGET, 0], ids=["plain", "checkpointed"])
 @pytest.mark.parametrize("name", ["MLP", "VFMLP", "CNN", "LCACNN"])
-def test_the_adapter_gradient_is_the_unrolled_free_phase(name, float64):
-    """UnrolledNet's x-gradient (checkpointed over the steps) equals the plain unroll's
-    exactly and a central finite difference; under no_grad it runs predict_steps."""
+def test_the_adapter_gradient_is_the_unrolled_free_phase(name, budget, float64, monkeypatch):
+    """UnrolledNet's x-gradient (plain, or checkpointed over the steps when the budget is
+    exceeded) equals the plain unroll's exactly and a central finite difference; under
+    no_grad it runs predict_steps."""
     model = tiny_models()[name].double()
-    net = UnrolledNet(model, attack_steps=7, predict_steps=11)
+    net = UnrolledNet(model, attack_steps=7, predict_steps=11, memory_budget=budget)
+    segments = []
+    checkpointed = art_patches.checkpointed_relax
+    monkeypatch.setattr(art_patches, "checkpointed_relax",
+                        lambda *a: segments.append(a[-1]) or checkpointed(*a))
     x = torch.rand(2, 1, 28, 28, requires_grad=True)
     w = torch.randn(2, 10)
     (g,) = torch.autograd.grad((net(x) * w).sum(), x)
@@ -188,6 +196,20 @@ def test_the_adapter_gradient_is_the_unrolled_free_phase(name, float64):
         fd = ((model(x + h * direction, 7) - model(x - h * direction, 7)) * w).sum() / (2 * h)
         assert torch.equal(net(x), model(x, 11))
     assert (g * direction).sum().item() == pytest.approx(fd.item(), rel=1e-6, abs=1e-9)
+    assert (len(segments) == 1 and 1 <= segments[0] < 7) == (budget == 0)
+
+
+def test_unroll_memory_of_the_published_cifar_network():
+    """What README states: a step of the published CIFAR-10 network keeps about 2.2 MiB per
+    image for backward, its state 0.22 MiB, so T = 250 checkpoints in segments of 5."""
+    model = build_cnn((3, 32, 32), [128, 256, 512, 512], [3] * 4, [1] * 4, [1, 1, 1, 0],
+                      "mmmm", [10], "my_hard_sig", "cel", True)
+    state, step = unroll_bytes(model, torch.rand(1, 3, 32, 32))
+    assert state == 4 * (128 * 16 * 16 + 256 * 8 * 8 + 512 * 4 * 4 + 512)
+    assert 2.0 < step / 2**20 < 2.4
+    assert checkpoint_segment(250, state, step) == 5
+    images = torch.rand(50, 3, 32, 32)  # a slice of a batch is measured as one image
+    assert unroll_bytes(model, images[:1]) == (state, step)
 
 
 def test_cifar_normalisation_is_arts_preprocessing_once():

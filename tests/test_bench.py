@@ -27,3 +27,8 @@ def test_benchmark_runs_and_paths_agree(monkeypatch):
     costs = bench.lca_costs(1, torch.device("cpu"))
     assert 0 < costs["lca_ms"] < costs["step_ms"]
     assert "one LCA iteration" in bench.lca_table(costs)
+    unrolls = bench.unroll_costs(1, torch.device("cpu"), batch=2)
+    assert [r["line"] for r in unrolls] == list(bench.LINES)[:2]
+    assert all(r["plain_ms"] > 0 and r["checkpointed_ms"] > 0 and 1 <= r["segment"] <= r["T"]
+               for r in unrolls)
+    assert "checkpointed" in bench.unroll_table(unrolls)
