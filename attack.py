@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
 from argparse import Namespace
+from collections.abc import Iterator
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
@@ -62,12 +62,19 @@ def art_norm(norm: str) -> float:
     return np.inf if norm == "inf" else 2
 
 
-def check_unroll(model: EnergyNet, steps: int, flag: str) -> None:
-    """An attack's unroll reaches the input (the adapter refuses a shorter one)."""
+def attack_steps(model: EnergyNet, args: Namespace, dest: str) -> int:
+    """The free steps an attack's gradient unrolls (flag `dest`, default --T1; 0 for a
+    BP-trained model, attacked feed-forward), at least one per layer: the input reaches the
+    output only after that many, and fewer give no gradient."""
+    if args.alg == "BP":
+        return 0
+    steps = getattr(args, dest) or args.T1
     if steps < model.n_states:
+        flag = "--" + dest.replace("_", "-") if getattr(args, dest) else "--T1"
         raise UsageError(f"{flag} {steps}: the input reaches the output only after "
                          f"{model.n_states} free steps (one per layer), so fewer give the attack "
                          f"no gradient; give at least {model.n_states}")
+    return steps
 
 
 def make_attack(name: str, classifier, norm: str, eps: float, mbs: int):
@@ -140,17 +147,11 @@ class Sweep:
 
     def __post_init__(self):
         args = self.args
-        self.attack_step = args.attack_step or args.T1
-        self.predict_step = args.predict_step or args.T1
-        feedforward = args.alg == "BP"
-        if feedforward:  # a BP-trained model is attacked (and predicts) feed-forward
-            self.attack_step = self.predict_step = 0
-        else:
-            check_unroll(self.model, self.attack_step,
-                         "--attack-step" if args.attack_step else "--T1")
+        self.attack_step = attack_steps(self.model, args, "attack_step")
+        self.predict_step = 0 if args.alg == "BP" else args.predict_step or args.T1
         self.classifier = art_classifier(self.model, self.test.x.shape[1:], self.attack_step,
                                          self.predict_step, NORMALISATION.get(args.task),
-                                         feedforward)
+                                         args.alg == "BP")
         self.last: tuple[np.ndarray, ...] = ()
 
     def images(self, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -278,9 +279,7 @@ def adversary(model: EnergyNet, test: Split, args: Namespace) -> AdversarialBatc
     """advtrain's adversary from the flags (--eps default: 8/255 for Linf, 1 for L2)."""
     norm = attack_norms(args)[0]
     eps = args.eps[0] if args.eps else DEFAULT_EPS[norm][-1]
-    steps = args.train_attack_step or args.T1
-    if args.alg != "BP":
-        check_unroll(model, steps, "--train-attack-step" if args.train_attack_step else "--T1")
+    steps = attack_steps(model, args, "train_attack_step")
     idx = subset(len(test), args.attack_images or SLOW_IMAGES, args.seed, test.x.device)
     return AdversarialBatches(model, args.task, norm, eps, args.adv_fraction, steps, args.T1,
                               args.mbs, Split(test.x[idx], test.y[idx]), args.alg == "BP")
