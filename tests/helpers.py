@@ -70,3 +70,20 @@ def write_cifar(root: Path, task: str, n: int, monkeypatch) -> None:
             pickle.dump({"data": pixels, key: rng.integers(0, classes, n).tolist()}, f)
     with open(folder / cls.meta["filename"], "wb") as f:
         pickle.dump({cls.meta["key"]: [f"c{i}" for i in range(classes)]}, f)
+
+
+def train_one_batch(argv: list[str], image_shape: tuple[int, ...]):
+    """A command line's model, trained on one batch of 2 random images of `image_shape`:
+    (args, model, trainer, data); the gradients are left in .grad."""
+    import config
+    from data_utils import Split
+    from trainer import Trainer
+
+    args, typed = main.parse(argv)
+    config.validate(args, typed)
+    torch.manual_seed(0)
+    model = config.build_model(args)
+    data = Split(torch.rand(2, *image_shape), torch.tensor([3, 7]))
+    trainer = Trainer(model, data, data, args, None)
+    s = trainer.train_batch(data.x, data.y)
+    return args, model, trainer, data, s

@@ -12,7 +12,8 @@ import torch
 import config
 import main
 from data_utils import Split
-from helpers import ROOT, TINY_MLP, assert_same_weights, cli, metrics, only_run_dir, weights
+from helpers import (ROOT, TINY_MLP, assert_same_weights, cli, metrics, only_run_dir,
+                     train_one_batch, weights)
 from model_utils import (EnergyNet, Phases, autograd_step, bptt_gradients, build_cnn, build_mlp,
                          energy_gradients, ep_gradients, relax)
 from trainer import Trainer
@@ -163,13 +164,7 @@ DROPOUT_LINES = [shlex.split(line)[2:] for line in (ROOT / "tests" / "seed_lines
 def test_seed_dropout_lines_train_a_batch(argv):
     """The seed's two main_dropout.py lines, on a CIFAR-shaped batch of 2 (5 free and 4 nudged
     steps: enough to reach the 4 layers); the 0.9 keep of the fourth layer's input is a mask."""
-    args, typed = main.parse(argv + ["--T1", "5", "--T2", "4"])
-    config.validate(args, typed)
-    torch.manual_seed(0)
-    model = config.build_model(args)
-    data = Split(torch.rand(2, 3, 32, 32), torch.tensor([3, 7]))
-    trainer = Trainer(model, data, data, args, None)
-    trainer.train_batch(data.x, data.y)
+    args, model, _, data, _ = train_one_batch(argv + ["--T1", "5", "--T2", "4"], (3, 32, 32))
     masks = model.dropout_masks(data.x, args.dropouts, torch.Generator().manual_seed(0))
     assert [m is None for m in masks] == [True, True, True, False, True]
     for p in model.parameters():

@@ -7,9 +7,7 @@ import torch
 
 import config
 import main
-from data_utils import Split
-from helpers import ROOT, cli, script_lines
-from trainer import Trainer
+from helpers import ROOT, cli, script_lines, train_one_batch
 
 SEED_LINES = [shlex.split(line) for line in (ROOT / "tests" / "seed_lines.txt").read_text()
               .splitlines() if line.strip()]
@@ -70,13 +68,7 @@ VF_LINES = [words[2:] for words in SEED_LINES if "'VFCNN'" in words or "VFCNN" i
 def test_published_vfcnn_lines_train_a_batch(argv):
     """The VFCNN lines' own architecture and update rule, on a CIFAR-shaped batch of 2 (with
     5 free and 4 nudged steps, enough to reach the 4 layers, so the CPU test stays short)."""
-    args, typed = main.parse(argv + ["--T1", "5", "--T2", "4"])
-    config.validate(args, typed)
-    torch.manual_seed(0)
-    model = config.build_model(args)
-    data = Split(torch.rand(2, 3, 32, 32), torch.tensor([3, 7]))
-    trainer = Trainer(model, data, data, args, None)
-    trainer.train_batch(data.x, data.y)
+    args, model, _, _, _ = train_one_batch(argv + ["--T1", "5", "--T2", "4"], (3, 32, 32))
     feedback = [syn for syn in model.synapses if syn.feedback is not None]
     assert len(feedback) == 3  # conv 2-4; not the first conv, not the softmax read-out
     for p in model.parameters():
@@ -95,13 +87,7 @@ def test_seed_lcanet_lines_train_every_layer(argv):
     batch of 2: every weight the line trains gets a gradient, the dictionary too unless
     --dict_loss recon, and its atoms stay unit after the step. (With tau 200 the code needs
     the lines' own steps to leave zero, so nothing is shortened.)"""
-    args, typed = main.parse(argv)
-    config.validate(args, typed)
-    torch.manual_seed(0)
-    model = config.build_model(args)
-    data = Split(torch.rand(2, 1, 28, 28), torch.tensor([3, 7]))
-    trainer = Trainer(model, data, data, args, None)
-    s = trainer.train_batch(data.x, data.y)
+    args, model, trainer, data, s = train_one_batch(argv, (1, 28, 28))
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     D = model.sparse_coding.weight
