@@ -437,7 +437,8 @@ class EnergyNet(nn.Module):
     def field(self, batch: Batch, s: list[Tensor]) -> list[Tensor]:
         """dPhi/ds_k for every layer (each layer's pre-activation), from local terms."""
         ups, ctxs, inner, masks = [batch.drive], [None], self.energy_synapses[1:], batch.masks
-        for syn, h in zip(inner, self.inputs(batch, s)[1:]):
+        readers = s[:-1] if masks is None else self.inputs(batch, s)[1:]  # once per step
+        for syn, h in zip(inner, readers):
             out, ctx = syn.up(h)
             ups.append(out)
             ctxs.append(ctx)
