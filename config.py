@@ -11,8 +11,8 @@ from argparse import Namespace
 
 from data_utils import TASKS
 from errors import UsageError
-from model_utils import (ACTIVATIONS, POOLS, EnergyNet, LCAConfig, build_cnn, build_lcanet,
-                         build_mlp, conv_output_size, scale_init)
+from model_utils import (ACTIVATIONS, POOLS, PRECISIONS, EnergyNet, LCAConfig, build_cnn,
+                         build_lcanet, build_mlp, conv_output_size, scale_init, set_precision)
 
 # the family of each model: its layer lists (EPLCACNN is the seed scripts' name of LCACNN)
 MODELS = {"MLP": "mlp", "CNN": "cnn", "VFMLP": "mlp", "VFCNN": "cnn", "LCACNN": "lca",
@@ -193,6 +193,7 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     one_of("loss", args.loss, LOSSES)
     one_of("optim", args.optim, OPTIMS)
     one_of("dynamics", args.dynamics, ("explicit", "autograd"))
+    one_of("precision", args.precision, PRECISIONS)
     for dest, todos in ATTACK_FLAGS.items():
         if dest in typed and args.todo not in todos:
             raise FlagError(f"{flag(dest)} only applies with "
@@ -506,6 +507,7 @@ def build_model(args: Namespace) -> EnergyNet:
     if args.scale is not None:
         scale_init(model, args.scale)
     model.free_steps = args.T1  # what model(x) runs
+    set_precision(model, args.precision)
     return model
 
 

@@ -132,6 +132,10 @@ def build_parser() -> Parser:
                    help="random crop (pad 4, edge) and horizontal flip on the device")
     g.add_argument("--dynamics", default="explicit",
                    help="explicit (local updates) or autograd (reference, slower)")
+    g.add_argument("--precision", default="fp32",
+                   help="fp32 (exact), tf32 (CUDA products in TF32) or bf16 (the dynamics' "
+                   "convolutions and matrix products in bfloat16; states, EP gradients and the "
+                   "optimizer stay float32)")
     g.add_argument("--dropouts", nargs="+", metavar="KEEP", type=float, default=None,
                    help="dropout: keep probability per layer of weights, for the layer it "
                    "reads (input first); masks drawn once per batch, fixed through its phases")

@@ -62,6 +62,19 @@ ACTIVATIONS = {
 POOLS = {"m": "max 2x2", "a": "avg 2x2", "i": "none"}
 
 
+def _low(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
+    """t in the compute dtype of --precision bf16 (t itself at full precision)."""
+    return t if dtype is None or t is None else t.to(dtype)
+
+
+class LowPrecision:
+    """--precision bf16: a synapse's convolutions and matrix products in the dynamics run in
+    `compute_dtype`, while what goes in and comes out (the states, the fields) keeps the
+    states' dtype. Its parameter gradients (the EP difference) always run at full precision."""
+
+    compute_dtype: torch.dtype | None = None
+
+
 class Feedback:
     """What a synapse needs to carry its top-down term with its own weight B (VF models)."""
 
@@ -86,7 +99,7 @@ class Feedback:
         return self.weight if self.feedback is None else self.feedback
 
 
-class Dense(nn.Linear, Feedback):
+class Dense(nn.Linear, Feedback, LowPrecision):
     """Fully connected synapse: up = W s + b, down = W^T s' (B^T s' with feedback)."""
 
     def __init__(self, n_in: int, n_out: int, feedback: bool = False,
@@ -95,18 +108,23 @@ class Dense(nn.Linear, Feedback):
         self.add_feedback(feedback, feedback_transposed)
 
     def up(self, s_in: Tensor) -> tuple[Tensor, torch.Size]:
-        return F.linear(s_in.flatten(1), self.weight, self.bias), s_in.shape
+        dt = self.compute_dtype
+        out = F.linear(_low(s_in.flatten(1), dt), _low(self.weight, dt), _low(self.bias, dt))
+        return out.to(s_in.dtype), s_in.shape
 
     def feedback_up(self, s_in: Tensor) -> Tensor:
         """B s (no bias): the term whose derivative in s is the top-down input."""
-        return F.linear(s_in.flatten(1), self.back)
+        dt = self.compute_dtype
+        return F.linear(_low(s_in.flatten(1), dt), _low(self.back, dt)).to(s_in.dtype)
 
     def down(self, s_out: Tensor, in_shape: torch.Size, acc: Tensor | None = None) -> Tensor:
         """W^T s' (plus `acc`, fused into one matmul when the layer is flat)."""
-        if acc is not None and acc.dim() == 2:
+        dt = self.compute_dtype
+        if acc is not None and acc.dim() == 2 and dt is None:
             return torch.addmm(acc, s_out, self.back)
-        top_down = (s_out @ self.back).view(in_shape)
-        return top_down if acc is None else acc + top_down
+        top_down = (_low(s_out, dt) @ _low(self.back, dt)).view(in_shape)
+        # the sum promotes a bfloat16 term to acc's dtype in the same pass
+        return top_down.to(s_out.dtype) if acc is None else acc + top_down
 
     def weight_grad(self, s_in: Tensor, s_out: Tensor) -> list[Tensor]:
         """d<up(s_in), s_out>/d(W, b), summed over the batch."""
@@ -117,7 +135,7 @@ class Dense(nn.Linear, Feedback):
         return s_out.t() @ s_in.flatten(1)
 
 
-class ConvPool(nn.Conv2d, Feedback):
+class ConvPool(nn.Conv2d, Feedback, LowPrecision):
     """Convolution followed by a 2x2 pooling: up = P(conv(s)), down = conv^T(unpool(s')).
 
     With feedback, the top-down term is B's transposed conv, un-pooled through the arg-max of
@@ -136,21 +154,24 @@ class ConvPool(nn.Conv2d, Feedback):
     def up(self, s_in: Tensor) -> tuple[Tensor, tuple]:
         """P(conv_W(s)) and the routing `down` needs (B's own arg-max in a VF synapse)."""
         vf_routing = self.feedback is not None and self.pool == "m"
-        out, ctx = self._conv_pool(s_in, self.weight, self.bias, routing=not vf_routing)
+        dt = self.compute_dtype
+        out, ctx = self._conv_pool(s_in, self.weight, self.bias, not vf_routing, dt)
         if vf_routing:
-            ctx = self._conv_pool(s_in, self.feedback, None)[1]
+            ctx = self._conv_pool(s_in, self.feedback, None, True, dt)[1]
         return out, ctx
 
     def feedback_up(self, s_in: Tensor) -> Tensor:
         """P(conv_B(s)) (no bias): the term whose derivative in s is the top-down input."""
-        return self._conv_pool(s_in, self.back, None, routing=False)[0]
+        return self._conv_pool(s_in, self.back, None, False, self.compute_dtype)[0]
 
     def _conv_pool(self, s_in: Tensor, weight: Tensor, bias: Tensor | None,
-                   routing: bool = True) -> tuple[Tensor, tuple]:
-        """P(conv_weight(s)) and, with `routing`, the max-pool arg-max that `unpool` needs."""
+                   routing: bool = True, dt: torch.dtype | None = None) -> tuple[Tensor, tuple]:
+        """P(conv_weight(s)) and, with `routing`, the max-pool arg-max that `unpool` needs;
+        conv and pooling in `dt` (then back to s's dtype) for --precision bf16."""
         # channels-last: ~20x faster max-pooling on CPU and the layout cuDNN prefers
+        dtype = s_in.dtype
         s_in = s_in.contiguous(memory_format=torch.channels_last)
-        c = F.conv2d(s_in, weight, bias, self.stride, self.padding)
+        c = F.conv2d(_low(s_in, dt), _low(weight, dt), _low(bias, dt), self.stride, self.padding)
         indices = None
         if self.pool == "m":
             out, indices = F.max_pool2d(c, 2, return_indices=True) if routing else (
@@ -160,7 +181,8 @@ class ConvPool(nn.Conv2d, Feedback):
         else:
             out = c
         # a 1-channel input is ambiguous about layout, so fix the output's explicitly
-        return out.contiguous(memory_format=torch.channels_last), (indices, c.shape, s_in.shape)
+        out = out.to(dtype).contiguous(memory_format=torch.channels_last)
+        return out, (indices, c.shape, s_in.shape)
 
     def unpool(self, s_out: Tensor, ctx: tuple) -> Tensor:
         """The adjoint of the pooling at the state that gave `ctx` (arg-max routing for max)."""
@@ -175,11 +197,12 @@ class ConvPool(nn.Conv2d, Feedback):
 
     def down(self, s_out: Tensor, ctx: tuple, acc: Tensor | None = None) -> Tensor:
         """conv^T(unpool(s')) (plus `acc`)."""
-        g, in_shape = self.unpool(s_out, ctx), ctx[2]
+        dt = self.compute_dtype
+        g, in_shape = self.unpool(_low(s_out, dt), ctx), ctx[2]
         k, st, p = self.kernel_size[0], self.stride[0], self.padding[0]
         extra = [in_shape[d] - ((g.shape[d] - 1) * st - 2 * p + k) for d in (-2, -1)]
-        top_down = F.conv_transpose2d(g, self.back, None, st, p, output_padding=extra)
-        return top_down if acc is None else acc + top_down
+        top_down = F.conv_transpose2d(g, _low(self.back, dt), None, st, p, output_padding=extra)
+        return top_down.to(s_out.dtype) if acc is None else acc + top_down
 
     def weight_grad(self, s_in: Tensor, s_out: Tensor) -> list[Tensor]:
         """d<P(conv(s_in)), s_out>/d(W, b), summed over the batch."""
@@ -303,6 +326,13 @@ class EnergyNet(nn.Module):
         through the unrolled steps (the gradient an attack needs).
         """
         return self.logits(free_phase(self, x, self.free_steps if steps is None else steps))
+
+    def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
+        """The dtype of the dynamics' convolutions and matrix products (--precision bf16);
+        None: the states' own. LCANet's sparse-coding layer stays at the states' dtype."""
+        for syn in self.synapses:
+            if isinstance(syn, LowPrecision):
+                syn.compute_dtype = dtype
 
     def init_states(self, x: Tensor) -> States:
         return [n.init(x.new_zeros(x.shape[0], *shape).contiguous(memory_format=_layout(shape)))
@@ -744,6 +774,19 @@ def build_lcanet(input_shape: tuple[int, int, int], lca: LCAConfig, channels: li
                                         paddings, pools, fc, softmax, first=1)
     neurons = [LCANeurons(coding, lca.lam, lca.tau, lca.iters, lca.nonneg)]
     return EnergyNet(synapses, input_shape, act, loss, softmax, neurons)
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def set_precision(model: EnergyNet, precision: str) -> None:
+    """--precision: fp32 is IEEE float32 throughout (TF32 off on CUDA, where PyTorch lets
+    cuDNN use it by default); tf32 lets CUDA's matrix products and convolutions use TF32
+    (no effect on a CPU); bf16 runs the dynamics' products in bfloat16 (LowPrecision)."""
+    fp32 = "tf32" if precision == "tf32" else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = fp32
+    torch.backends.cudnn.conv.fp32_precision = fp32
+    model.set_compute_dtype(torch.bfloat16 if precision == "bf16" else None)
 
 
 def scale_init(model: nn.Module, scale: float) -> None:

@@ -131,6 +131,7 @@ ROWS = [
     (MLP, ["--alg", ""], "--alg"),
     (MLP, ["--optim", "SGD"], "--optim"),
     (MLP, ["--dynamics", "implicit"], "--dynamics"),
+    (MLP, ["--precision", "fp16"], "--precision"),
     # flags of later versions or of other models
     (MLP, ["--attack-norm", "2"], "--attack-norm"),
     (MLP, ["--n_feats", "8"], "--n_feats"),

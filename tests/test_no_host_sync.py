@@ -10,7 +10,7 @@ import torch
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
 from model_utils import (EnergyNet, LCAConfig, Phases, bp_gradients, bptt_gradients, build_cnn,
-                         build_lcanet, build_mlp, ep_gradients, free_phase)
+                         build_lcanet, build_mlp, ep_gradients, free_phase, set_precision)
 
 
 def models() -> dict[str, EnergyNet]:
@@ -42,10 +42,12 @@ def faked(model: EnergyNet, mode: FakeTensorMode) -> EnergyNet:
     return model
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("name", list(models()))
-def test_phases_and_estimators_never_read_tensors_on_the_host(name):
+def test_phases_and_estimators_never_read_tensors_on_the_host(name, precision):
     mode = FakeTensorMode()
     model = faked(models()[name], mode)
+    set_precision(model, precision)
     with mode:
         x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
         masks = model.dropout_masks(x, [0.8] * len(model.synapses), None)

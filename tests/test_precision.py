@@ -1,0 +1,131 @@
+"""--precision bf16: the dynamics' convolutions and matrix products in bfloat16, the states,
+the EP difference and the optimizer in float32; fp32 (the default) is the exact arithmetic."""
+
+import copy
+
+import pytest
+import torch
+
+from gdu import gdu_check
+from helpers import cli, only_run_dir, weights
+from model_utils import (LCAConfig, LowPrecision, Phases, bptt_gradients, build_cnn,
+                         build_lcanet, build_mlp, energy_gradients, ep_gradients, flat_states,
+                         relax, set_precision)
+
+SHAPE = (1, 28, 28)
+
+
+def models(softmax: bool = True) -> dict:
+    torch.manual_seed(0)
+    loss = "cel" if softmax else "mse"
+    lca = LCAConfig(n_feats=3, kernel=3, stride=2, padding=1, tau=5.0, iters=2)
+    return {
+        "MLP": build_mlp([784, 40, 10], "mysig", loss, softmax),
+        "VFMLP": build_mlp([784, 40, 30, 10], "tanh", loss, softmax, vf=True),
+        "CNN": build_cnn(SHAPE, [8, 16], [5, 3], [1, 1], [0, 1], "ma", [10], "hard_sigmoid",
+                         loss, softmax),
+        "VFCNN": build_cnn(SHAPE, [8, 16], [5, 3], [1, 1], [0, 0], "mm", [10], "mysig", loss,
+                           softmax, vf=True),
+        "LCACNN": build_lcanet(SHAPE, lca, [8], [3], [1], [1], "m", [10], "mysig", "cel", True),
+    }
+
+
+def pair(model):
+    """The model at fp32 and a copy at bf16, same weights."""
+    low = copy.deepcopy(model)
+    set_precision(low, "bf16")
+    set_precision(model, "fp32")
+    return model, low
+
+
+@pytest.mark.parametrize("name", list(models()))
+def test_bf16_field_is_fp32_within_bf16_rounding(name):
+    fp32, bf16 = pair(models()[name])
+    x = torch.rand(6, *SHAPE)
+    with torch.no_grad():
+        s = relax(fp32, fp32.batch(x), fp32.init_states(x), 4)
+        exact = fp32.field(fp32.batch(x), fp32.visible(s))
+        low = bf16.field(bf16.batch(x), bf16.visible(s))
+    for a, b in zip(exact, low, strict=True):
+        assert b.dtype == torch.float32 and b.stride() == a.stride()
+        error = ((a - b).norm() / a.norm()).item()
+        assert 0 < error < 2e-2  # bfloat16 has an 8-bit mantissa: ~0.4% per product
+
+
+def test_only_the_synapses_that_compute_in_bf16_are_switched():
+    model = models()["LCACNN"]
+    set_precision(model, "bf16")
+    switched = [isinstance(s, LowPrecision) and s.compute_dtype == torch.bfloat16
+                for s in model.synapses]
+    assert switched == [False, True, True]  # LCA's dictionary stays float32
+    set_precision(model, "fp32")
+    assert all(getattr(s, "compute_dtype", None) is None for s in model.synapses)
+
+
+@pytest.mark.parametrize("name", ["MLP", "VFMLP", "CNN", "VFCNN"])
+def test_ep_difference_runs_in_fp32(name):
+    """At the same states, the parameter gradients are those of fp32 bit for bit: the
+    difference of two nearby energies is never taken in bfloat16."""
+    fp32, bf16 = pair(models(softmax=False)[name])
+    x, y = torch.rand(6, *SHAPE), torch.randint(0, 10, (6,))
+    with torch.no_grad():
+        batch = fp32.batch(x, y)
+        s_free = relax(fp32, batch, fp32.init_states(x), 5)
+        s_nudged = relax(fp32, batch.nudged(0.5), s_free, 3)
+    pre = s_free if fp32.has_feedback else None
+    exact = energy_gradients(fp32, batch, s_free, 0.0, s_nudged, 0.5, pre=pre)
+    low = energy_gradients(bf16, bf16.batch(x, y), s_free, 0.0, s_nudged, 0.5, pre=pre)
+    for a, b in zip(exact, low, strict=True):
+        assert b.dtype == torch.float32 and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["MLP", "CNN", "VFCNN"])
+def test_bf16_ep_and_bptt_gradients_track_fp32(name):
+    fp32, bf16 = pair(models()[name])
+    x, y = torch.rand(8, *SHAPE), torch.randint(0, 10, (8,))
+    ph = Phases(8, 4, 0.0, 0.5, thirdphase=True)
+    for estimate in (lambda m: ep_gradients(m, x, y, ph), lambda m: bptt_gradients(m, x, y, ph)):
+        grads = []
+        for model in (fp32, bf16):
+            estimate(model)
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        assert grads[1].dtype == torch.float32
+        cosine = torch.nn.functional.cosine_similarity(*grads, dim=0).item()
+        assert cosine > 0.98, cosine
+
+
+def test_gducheck_is_float64_whatever_the_precision():
+    fp32, bf16 = pair(models()["CNN"])
+    x, y = torch.rand(3, *SHAPE), torch.randint(0, 10, (3,))
+    a, b = (gdu_check(m, x, y, 6, 3, 0.2)["one_sided"] for m in (fp32, bf16))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_bf16_training_run_and_resume(tmp_path, capsys):
+    """A bf16 run keeps float32 weights and optimizer state, and resumes in bf16."""
+    cnn = ["--model", "CNN", "--task", "MNIST5K", "--channels", "4", "--kernels", "5",
+           "--fc", "10", "--T1", "6", "--T2", "3", "--mbs", "250", "--lrs", "5e-3", "5e-3",
+           "--save", "--results-dir", tmp_path, "--precision", "bf16"]
+    assert cli(cnn + ["--epochs", "1"], capsys)[0] == 0
+    run = only_run_dir(tmp_path)
+    assert all(t.dtype == torch.float32 for t in weights(run / "model.pt").values())
+    ckpt = torch.load(run / "checkpoint.tar", weights_only=False)
+    assert ckpt["args"]["precision"] == "bf16"
+    assert all(t.dtype == torch.float32 for state in ckpt["optimizer"]["state"].values()
+               for t in state.values() if t.dim())
+    rc, out, _ = cli(["--load-path", run, "--epochs", "1"], capsys)
+    assert rc == 0 and "precision: bf16" in (run / "hyperparameters.txt").read_text()
+    assert len(torch.load(run / "checkpoint.tar", weights_only=False)["history"]["epoch"]) == 2
+
+
+def test_fp32_is_exact_arithmetic():
+    model = models()["CNN"]
+    set_precision(model, "tf32")
+    assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+    set_precision(model, "fp32")
+    assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+    x = torch.rand(2, *SHAPE)
+    states = flat_states(relax(model, model.batch(x), model.init_states(x), 3))
+    assert all(t.dtype == torch.float32 for t in states)
