@@ -194,6 +194,7 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     one_of("optim", args.optim, OPTIMS)
     one_of("dynamics", args.dynamics, ("explicit", "autograd"))
     one_of("precision", args.precision, PRECISIONS)
+    check_compile(args)
     for dest, todos in ATTACK_FLAGS.items():
         if dest in typed and args.todo not in todos:
             raise FlagError(f"{flag(dest)} only applies with "
@@ -241,6 +242,21 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
         elif len(values) != n_layers:
             raise FlagError(f"{flag(dest)} has {len(values)} entries but the model has "
                             f"{n_layers} layers of weights; give one per layer", dest)
+
+
+def check_compile(args: Namespace) -> None:
+    """--compile compiles the explicit step, with the C++ compiler torch.compile builds with."""
+    if not args.compile:
+        return
+    if args.dynamics != "explicit":
+        raise FlagError("--compile compiles the explicit step; use --dynamics explicit or remove "
+                        "--compile", "compile", "dynamics")
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    try:
+        get_cpp_compiler()
+    except (RuntimeError, OSError) as e:
+        raise FlagError(f"--compile: torch.compile finds no C++ compiler ({str(e).splitlines()[0]}"
+                        "); install g++ or set CXX, or remove --compile", "compile") from None
 
 
 def check_values(args: Namespace) -> None:
@@ -508,6 +524,7 @@ def build_model(args: Namespace) -> EnergyNet:
         scale_init(model, args.scale)
     model.free_steps = args.T1  # what model(x) runs
     set_precision(model, args.precision)
+    model.compiled = args.compile
     return model
 
 

@@ -132,6 +132,9 @@ def build_parser() -> Parser:
                    help="random crop (pad 4, edge) and horizontal flip on the device")
     g.add_argument("--dynamics", default="explicit",
                    help="explicit (local updates) or autograd (reference, slower)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the phase loops' step through torch.compile (CUDA graphs on a GPU; "
+                   "needs a C++ compiler; the first batches compile)")
     g.add_argument("--precision", default="fp32",
                    help="fp32 (exact), tf32 (CUDA products in TF32) or bf16 (the dynamics' "
                    "convolutions and matrix products in bfloat16; states, EP gradients and the "
@@ -212,7 +215,8 @@ def check_saved_types(saved: dict, where: str) -> None:
         if action.dest not in saved or saved[action.dest] is None is action.default:
             continue  # absent, or a flag left unset: its default applies
         value = saved[action.dest]
-        kind = bool if isinstance(action, argparse._StoreTrueAction) else action.type or str
+        flags = (argparse._StoreTrueAction, argparse.BooleanOptionalAction)
+        kind = bool if isinstance(action, flags) else action.type or str
         many = action.nargs == "+"
         values = value if many and isinstance(value, list) else [] if many else [value]
         if not values or not all(isinstance(v, kind) and (kind is bool or not isinstance(v, bool))

@@ -16,6 +16,7 @@ parameter gradients (`ep_gradients`, `bptt_gradients`, `bp_gradients`), on any E
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -300,6 +301,7 @@ class EnergyNet(nn.Module):
         self.act_name, self.loss_name, self.softmax = act, loss, softmax
         self.n_states = len(synapses) - int(softmax)
         self.free_steps = 30  # forward()'s default; config.build_model sets it from --T1
+        self.compiled = False  # --compile: the phase loops step through torch.compile
         # a plain tuple (not a ModuleList slice, which costs ~15 us to build on every step)
         self.energy_synapses = tuple(self.synapses[: self.n_states])
         defaults = [Neurons(ACTIVATIONS[act]) for _ in range(self.n_states)]
@@ -563,11 +565,39 @@ def autograd_step(model: EnergyNet, batch: Batch, s: States) -> States:
     return [n.update(g, old) for n, g, old in zip(model.neurons, grads, s)]
 
 
+@functools.cache
+def compiled_step(mode: str | None):
+    """EnergyNet.step through torch.compile (one per mode; the model is an argument, so each
+    model, dtype and batch shape gets its own graph and a deep copy never runs another's)."""
+    torch._dynamo.config.cache_size_limit = 64  # betas, shapes, grad mode: a few graphs each
+    return torch.compile(EnergyNet.step, mode=mode)
+
+
+def graphed_step(model: EnergyNet, batch: Batch, s: States) -> States:
+    """One step replayed as a CUDA graph: its outputs live in the graph's memory, which the
+    next replay reuses, so they are copied out before they become the next step's input."""
+    torch.compiler.cudagraph_mark_step_begin()
+    return map_states(torch.clone, compiled_step("reduce-overhead")(model, batch, s))
+
+
+def step_function(model: EnergyNet, explicit: bool = True):
+    """The step `relax` iterates: the explicit one (through torch.compile with `model.compiled`,
+    as CUDA graphs on a GPU) or the autograd reference."""
+    if not explicit:
+        return functools.partial(autograd_step, model)
+    if not model.compiled:
+        return model.step
+    if next(model.parameters()).is_cuda:
+        return functools.partial(graphed_step, model)
+    return functools.partial(compiled_step(None), model)
+
+
 def relax(model: EnergyNet, batch: Batch, s: States, steps: int, explicit: bool = True) -> States:
     """`steps` synchronous steps of the dynamics from states `s`, with batch.x clamped and the
     output nudged by batch.beta; explicit local terms, or the autograd reference."""
+    step = step_function(model, explicit)
     for _ in range(steps):
-        s = model.step(batch, s) if explicit else autograd_step(model, batch, s)
+        s = step(batch, s)
     return s
 
 
