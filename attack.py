@@ -22,6 +22,7 @@ from art.attacks.evasion import (AutoAttack, CarliniL2Method, FastGradientMethod
 from torch import Tensor
 from tqdm import tqdm
 
+import distributed
 from art_patches import art_classifier
 from data_utils import NORMALISATION, Split, normalise, pixels
 from errors import UsageError
@@ -265,14 +266,17 @@ class AdversarialBatches:
         return torch.cat([normalise(adv, self.task), x[k:]])  # normalised once, as x was
 
     def robust_accuracy(self) -> float:
-        """Accuracy (%) on PGD examples of the robust test subset."""
-        data, correct = self.robust_test, 0
-        for i in range(0, len(data), self.mbs):
-            x, y = data.x[i:i + self.mbs], data.y[i:i + self.mbs]
+        """Accuracy (%) on PGD examples of the robust test subset (under torchrun each
+        process attacks a part of it)."""
+        data, correct, part = self.robust_test, 0, distributed.shard(len(self.robust_test))
+        for i in range(part.start, part.stop, self.mbs):
+            end = min(i + self.mbs, part.stop)
+            x, y = data.x[i:end], data.y[i:end]
             pred = self.classifier.predict(self.adversarial_pixels(x, y),
                                            batch_size=self.mbs).argmax(1)
             correct += int((pred == y.cpu().numpy()).sum())
-        return 100.0 * correct / len(data)
+        total = distributed.all_sum(torch.tensor(float(correct), device=data.x.device))
+        return 100.0 * total.item() / len(data)
 
 
 def adversary(model: EnergyNet, test: Split, args: Namespace) -> AdversarialBatches:

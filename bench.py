@@ -1,11 +1,13 @@
-"""Time one EP training batch with the explicit dynamics against the autograd-of-Phi dynamics.
+"""Time one EP training batch on several paths: the autograd-of-Phi dynamics (the published
+code's way), the explicit dynamics, and those with --precision bf16 and --compile.
 
     python bench.py                      # the published MNIST lines, prints markdown tables
     python bench.py --write BENCHMARKS.md --repeats 7
 
-Both dynamics run in the same process on the same weights and batch (ratios, not absolute
-times, are what compare across machines); the free states of the two must agree. For LCANet
-a second table puts one LCA iteration next to one step of the whole network.
+All paths run in the same process on the same weights and batch (ratios, not absolute times,
+are what compare across machines); the fp32 paths' free states must agree with the reference.
+For LCANet a second table puts one LCA iteration next to one step of the whole network, a
+third the cost of a checkpointed attack unroll.
 """
 
 from __future__ import annotations
@@ -32,19 +34,25 @@ LINES = {"MNIST MLP (784-512-10, T1 30, T2 10, mbs 50)": "train_mnist_mlp.sh",
          "MNIST LCANet (32 atoms 5x5, conv 32-64, T1 30, T2 10, mbs 50)": "train_mnist_eplcanet.sh"}
 
 
-def published_args(script: str, extra: list[str]):
-    """The check/ script's command line, on the offline digits."""
+def published_args(script: str, extra: list[str], task: str = "MNIST5K"):
+    """The check/ script's command line (on the offline digits by default)."""
     line = next(ln for ln in (ROOT / "check" / script).read_text().splitlines()
                 if ln.startswith("python"))
-    argv = [w for w in shlex.split(line)[2:] if w != "$@"] + ["--task", "MNIST5K"] + extra
+    argv = [w for w in shlex.split(line)[2:] if w != "$@"] + ["--task", task] + extra
     args, typed = main.parse(argv)
     config.validate(args, typed)
     return args
 
 
-def trainer_for(args, dynamics: str, data, device) -> Trainer:
+# the paths timed: dynamics, --precision, --compile (each against the first, the reference)
+VARIANTS = {"autograd": ("autograd", "fp32", False), "explicit": ("explicit", "fp32", False),
+            "bf16": ("explicit", "bf16", False), "compiled": ("explicit", "fp32", True),
+            "bf16 compiled": ("explicit", "bf16", True)}
+
+
+def trainer_for(args, variant: str, data, device) -> Trainer:
     args = copy.copy(args)
-    args.dynamics = dynamics
+    args.dynamics, args.precision, args.compile = VARIANTS[variant]
     torch.manual_seed(0)
     return Trainer(config.build_model(args).to(device), *data, args, None)
 
@@ -61,29 +69,32 @@ def time_batch(trainer: Trainer, x, y) -> float:
     return time.perf_counter() - t0
 
 
-def run(repeats: int, device: torch.device) -> list[dict]:
+def run(repeats: int, device: torch.device, variants=tuple(VARIANTS),
+        lines=tuple(LINES)) -> list[dict]:
+    """One row per line: the median ms of a batch for each variant, and how far each one's
+    free states are from the autograd reference's (max |difference|)."""
     data = load_task("MNIST5K", "", device)
     rows = []
-    for name, script in LINES.items():
-        args = published_args(script, ["--device", "0"])
+    for name in lines:
+        args = published_args(LINES[name], ["--device", "0"])
         x, y = data[0].x[:args.mbs], data[0].y[:args.mbs]
-        trainers = {d: trainer_for(args, d, data, device) for d in ("autograd", "explicit")}
+        trainers = {v: trainer_for(args, v, data, device) for v in variants}
         with torch.no_grad():  # same weights, same batch: the free states must agree
-            s_auto, s_expl = (free_phase(trainers[d].model, x, args.T1, d == "explicit")
-                              for d in ("autograd", "explicit"))
-        diff = max((a - b).abs().max().item()
-                   for a, b in zip(flat_states(s_auto), flat_states(s_expl), strict=True))
-        # alternating blocks of ~0.5 s: warm caches as in a run, drift spread over both paths
+            states = {v: flat_states(free_phase(t.model, x, args.T1, t.phases.explicit))
+                      for v, t in trainers.items()}
+        reference = states[variants[0]]
+        diffs = {v: max((a - b).abs().max().item() for a, b in zip(reference, s, strict=True))
+                 for v, s in states.items()}
+        # alternating blocks of ~0.5 s: warm caches as in a run, drift spread over all paths
         block = max(1, round(0.5 / time_batch(trainers["explicit"], x, y)))
-        times = {d: [] for d in trainers}
+        times = {v: [] for v in trainers}
         for _ in range(repeats):
-            for d, trainer in trainers.items():
+            for v, trainer in trainers.items():
                 time_batch(trainer, x, y)  # re-warm this path's caches
-                times[d] += [time_batch(trainer, x, y) for _ in range(block)]
-        n = block * repeats
-        t_auto, t_expl = (statistics.median(times[d]) for d in ("autograd", "explicit"))
-        rows.append({"line": name, "autograd_ms": 1e3 * t_auto, "explicit_ms": 1e3 * t_expl,
-                     "speedup": t_auto / t_expl, "max_state_diff": diff, "batches": n})
+                times[v] += [time_batch(trainer, x, y) for _ in range(block)]
+        ms = {v: 1e3 * statistics.median(t) for v, t in times.items()}
+        rows.append({"line": name, "ms": ms, "max_state_diff": diffs, "batches": block * repeats,
+                     "speedup": {v: ms[variants[0]] / t for v, t in ms.items()}})
     return rows
 
 
@@ -185,12 +196,14 @@ def machine(device: torch.device) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| line | autograd-of-Phi (ms/batch) | explicit (ms/batch) | speed-up | "
-             "max free-state difference | batches timed |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['line']} | {r['autograd_ms']:.1f} | {r['explicit_ms']:.1f} | "
-              f"{r['speedup']:.2f}x | {r['max_state_diff']:.1e} | {r['batches']} |"
-              for r in rows]
-    return "\n".join(lines)
+    variants = list(rows[0]["ms"])
+    lines = ["| line | " + " | ".join(f"{v} (ms/batch)" for v in variants) +
+             " | batches timed |", "|---" * (len(variants) + 2) + "|"]
+    lines += [f"| {r['line']} | " + " | ".join(
+        f"{r['ms'][v]:.1f} ({r['speedup'][v]:.2f}x, {r['max_state_diff'][v]:.0e})"
+        for v in variants) + f" | {r['batches']} |" for r in rows]
+    return "\n".join(lines) + (f"\n\n(speed-up against {variants[0]}, max free-state "
+                                "difference from it)")
 
 
 def cli() -> None:
@@ -199,13 +212,16 @@ def cli() -> None:
                    help="timed blocks per path (a block is ~0.5 s of batches, at least one)")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--write", default=None, help="append the results to this markdown file")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="the paths to time (the first is the reference of the ratios)")
     a = p.parse_args()
     device = torch.device(a.device)
-    rows = run(a.repeats, device)
+    rows = run(a.repeats, device, tuple(a.variants))
     costs = lca_costs(a.repeats, device)
     unrolls = unroll_costs(a.repeats, device)
     report = (f"### {time.strftime('%Y-%m-%d')}: {machine(device)}, torch {torch.__version__}\n\n"
-              f"`python bench.py --repeats {a.repeats} --device {a.device}`\n\n{table(rows)}\n\n"
+              f"`python bench.py --repeats {a.repeats} --device {a.device} --variants "
+              f"{shlex.join(a.variants)}`\n\n{table(rows)}\n\n"
               f"{lca_table(costs)}\n\n{unroll_table(unrolls)}\n")
     print(report)
     if a.write:

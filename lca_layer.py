@@ -142,11 +142,14 @@ def code_times_residual(x: Tensor, a: Tensor, dictionary: Tensor, stride: int,
 
 @torch.no_grad()
 def dictionary_step(dictionary: Tensor, x: Tensor, a: Tensor, eta: float, stride: int = 1,
-                    padding: int = 0) -> Tensor:
+                    padding: int = 0, all_sum=None, batch_size: int | None = None) -> Tensor:
     """The unsupervised LCA update D += eta * a (x) residual (batch mean), then unit atoms:
-    a gradient step on the reconstruction error 1/2 ||x - D^T a||^2 at the code a."""
-    dictionary.add_(code_times_residual(x, a, dictionary, stride, padding),
-                    alpha=eta / x.shape[0])
+    a gradient step on the reconstruction error 1/2 ||x - D^T a||^2 at the code a. With
+    `all_sum` (several processes), x is a share of a batch of `batch_size` images."""
+    update = code_times_residual(x, a, dictionary, stride, padding)
+    if all_sum is not None:
+        update = all_sum(update)
+    dictionary.add_(update, alpha=eta / (batch_size or x.shape[0]))
     return normalise_atoms(dictionary)
 
 
@@ -223,12 +226,13 @@ class SparseCoding(nn.Module):
         return 0.5 * (self.code_input(x) - self.reconstruct(a)).pow(2).flatten(1).sum(1)
 
     @torch.no_grad()
-    def after_update(self, x: Tensor, a: Tensor) -> None:
+    def after_update(self, x: Tensor, a: Tensor, all_sum=None,
+                     batch_size: int | None = None) -> None:
         """After each optimizer step: the unsupervised step at the free code a (if eta > 0),
-        then every atom back to unit norm."""
+        then every atom back to unit norm (x a share of the batch: see dictionary_step)."""
         if self.eta > 0:
             dictionary_step(self.weight, self.code_input(x), a, self.eta, self.stride,
-                            self.padding)
+                            self.padding, all_sum, batch_size)
         else:
             normalise_atoms(self.weight)
 

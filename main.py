@@ -22,6 +22,7 @@ signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
 import torch  # noqa: E402
 
 import config  # noqa: E402
+import distributed  # noqa: E402
 import plots  # noqa: E402
 from data_utils import Split, load_task  # noqa: E402
 from errors import Diverged, UsageError  # noqa: E402
@@ -251,33 +252,37 @@ def train(job: Job, adversary=None) -> int:
     `adversary` (advtrain), on its adversarial batches."""
     args, ckpt = job.args, job.checkpoint
     run_dir = Path(args.load_path) if args.load_path else None
-    if run_dir is None and args.save:
+    if run_dir is None and args.save and distributed.is_main():
         run_dir = new_run_dir(args.results_dir, args.alg, args.loss)
         atomic_write_text(run_dir / HYPERPARAMETERS,
                           config.hyperparameters_text(args, job.argv, describe(job.model)))
+    if not distributed.is_main():
+        run_dir = None  # only rank 0 writes
     trainer = Trainer(job.model, job.train, job.test, args, run_dir, adversary)
     if ckpt is not None:
         trainer.load_state_dict(ckpt, f"--load-path {run_dir}: its checkpoint")
         # --epochs N on resume: N more; without it: the saved run's total
         if "epochs" in job.typed:
             args.epochs += trainer.epoch
-        append_text(run_dir / HYPERPARAMETERS, f"\nresumed after epoch {trainer.epoch}: "
-                    f"python main.py {shlex.join(job.argv)}\n")
+        if run_dir is not None:
+            append_text(run_dir / HYPERPARAMETERS, f"\nresumed after epoch {trainer.epoch}: "
+                        f"{launcher()} {shlex.join(job.argv)}\n")
         trainer.rebuild_outputs()
         if trainer.epoch >= args.epochs and trainer.cursor is None:
             print(f"{run_dir}: all {args.epochs} epochs are done; give --epochs N to train N "
                   "more")
+    processes = distributed.world_size()
+    where = f"{processes} processes" if processes > 1 else f"device {job.train.x.device}"
     print(f"{args.alg} training of {args.model} on {args.task} ({len(job.train)} train / "
-          f"{len(job.test)} test), {count_parameters(job.model):,} parameters, "
-          f"device {job.train.x.device}" + (f", results in {run_dir}" if run_dir else
-                                            " (no --save: nothing written)"))
+          f"{len(job.test)} test), {count_parameters(job.model):,} parameters, {where}"
+          + (f", results in {run_dir}" if run_dir else " (no --save: nothing written)"))
     if trainer.fit(args.epochs):
         return 0
     if run_dir is None:
         print("stopped (nothing saved: run with --save to be able to resume)")
     else:
         print(f"stopped after {trainer.epoch} of {args.epochs} epochs; checkpoint saved. "
-              f"Resume with:\n  python main.py --todo train --load-path "
+              f"Resume with:\n  {launcher()} --todo train --load-path "
               f"{shlex.quote(str(run_dir))}")
     return 130
 
@@ -311,6 +316,8 @@ def evaluate(job: Job) -> int:
         line += (f"; test code: reconstruction error {test['recon_error']:.4f}, sparsity "
                  f"{test['sparsity']:.4f} (fraction of active entries)")
     print(line)
+    if not distributed.is_main():
+        return 0
     try:
         append_text(Path(args.load_path) / HYPERPARAMETERS, f"\n{line}\n")
     except OSError as e:
@@ -410,11 +417,36 @@ def run(argv: list[str]) -> int:
             from_checkpoint = config.checkpoint_keys(args, typed, ckpt["args"])
             args = config.merge_saved(args, typed, ckpt["args"])
     config.validate(args, typed, from_checkpoint)
-    device = pick_device(args.device)
+    device = start_processes(args, typed) if distributed.launched() else pick_device(args.device)
     torch.manual_seed(args.seed)
     model = config.build_model(args).to(device)
     train_split, test_split = load_task(args.task, args.data_dir, device)
     return TODOS[args.todo](Job(args, typed, argv, model, train_split, test_split, ckpt))
+
+
+def launcher() -> str:
+    """How this run was started, for the lines that tell how to go on."""
+    n = distributed.world_size()
+    return f"torchrun --nproc_per_node {n} main.py" if n > 1 else "python main.py"
+
+
+def start_processes(args: argparse.Namespace, typed: set[str]) -> torch.device:
+    """Under torchrun: join the other processes; this one's device (GPU LOCAL_RANK, or the
+    CPU); only rank 0 prints."""
+    n = int(os.environ["WORLD_SIZE"])
+    if args.todo not in ("train", "advtrain", "evaluate"):
+        raise UsageError(f"--todo {args.todo} runs in one process: start it with python "
+                         "main.py, not torchrun")
+    if args.mbs < n:
+        raise UsageError(f"--mbs {args.mbs} is the whole batch, shared by the {n} processes: "
+                         f"give --mbs {n} or more")
+    device = distributed.init()
+    if not distributed.is_main():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+    elif "device" in typed:
+        print(f"notice: --device {args.device} ignored under torchrun: process k uses GPU k "
+              "(LOCAL_RANK), or the CPU")
+    return device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -422,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
     except UsageError as e:
-        print(f"main.py: error: {e}", file=sys.stderr)
+        if distributed.is_main():  # every process checks alike: one copy of the line
+            print(f"main.py: error: {e}", file=sys.stderr)
         return 2
     except Diverged as e:
         print(f"main.py: error: {e}", file=sys.stderr)
@@ -433,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("main.py: aborted (checkpoints already written are kept)", file=sys.stderr)
         return 130
+    finally:
+        distributed.close()
 
 
 if __name__ == "__main__":

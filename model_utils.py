@@ -16,6 +16,7 @@ parameter gradients (`ep_gradients`, `bptt_gradients`, `bp_gradients`), on any E
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, replace
@@ -302,6 +303,7 @@ class EnergyNet(nn.Module):
         self.n_states = len(synapses) - int(softmax)
         self.free_steps = 30  # forward()'s default; config.build_model sets it from --T1
         self.compiled = False  # --compile: the phase loops step through torch.compile
+        self.compute_dtype: torch.dtype | None = None  # --precision bf16: see LowPrecision
         # a plain tuple (not a ModuleList slice, which costs ~15 us to build on every step)
         self.energy_synapses = tuple(self.synapses[: self.n_states])
         defaults = [Neurons(ACTIVATIONS[act]) for _ in range(self.n_states)]
@@ -332,9 +334,20 @@ class EnergyNet(nn.Module):
     def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
         """The dtype of the dynamics' convolutions and matrix products (--precision bf16);
         None: the states' own. LCANet's sparse-coding layer stays at the states' dtype."""
+        self.compute_dtype = dtype
         for syn in self.synapses:
             if isinstance(syn, LowPrecision):
                 syn.compute_dtype = dtype
+
+    @contextlib.contextmanager
+    def full_precision(self):
+        """The dynamics at the states' own precision inside the block (then as before)."""
+        dtype = self.compute_dtype
+        self.set_compute_dtype(None)
+        try:
+            yield
+        finally:
+            self.set_compute_dtype(dtype)
 
     def init_states(self, x: Tensor) -> States:
         return [n.init(x.new_zeros(x.shape[0], *shape).contiguous(memory_format=_layout(shape)))
@@ -516,11 +529,13 @@ class EnergyNet(nn.Module):
                 "sparsity": (a != 0).flatten(1).to(a.dtype).mean(1)}
 
     @torch.no_grad()
-    def after_update(self, x: Tensor, s_free: States) -> None:
+    def after_update(self, x: Tensor, s_free: States, all_sum=None,
+                     batch_size: int | None = None) -> None:
         """What follows each optimizer step: LCANet's unsupervised dictionary step at the free
-        code (with --dict_loss recon or both) and its atoms back to unit norm."""
+        code (with --dict_loss recon or both) and its atoms back to unit norm. Under torchrun
+        x is this process's share of a batch of `batch_size`, `all_sum` sums over processes."""
         if self.sparse_coding is not None:
-            self.sparse_coding.after_update(x, self.visible(s_free)[0])
+            self.sparse_coding.after_update(x, self.visible(s_free)[0], all_sum, batch_size)
 
 
 def _layout(shape: torch.Size) -> torch.memory_format:
@@ -570,7 +585,7 @@ def compiled_step(mode: str | None):
     """EnergyNet.step through torch.compile (one per mode; the model is an argument, so each
     model, dtype and batch shape gets its own graph and a deep copy never runs another's)."""
     torch._dynamo.config.cache_size_limit = 64  # betas, shapes, grad mode: a few graphs each
-    return torch.compile(EnergyNet.step, mode=mode)
+    return torch.compile(EnergyNet.step, mode=mode, dynamic=False)  # one graph per shape
 
 
 def graphed_step(model: EnergyNet, batch: Batch, s: States) -> States:
@@ -679,9 +694,14 @@ def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float
     """EP: free phase to s*, nudged phase(s) from s*, then the energy-difference gradient
     (with dropout `masks`, the same in every phase)."""
     beta = sign * ph.beta2
+    # --precision bf16: the last T2 free steps and the nudged phases run in float32, for the
+    # nudge moves the states by less than bfloat16's rounding of the fields
+    exact = min(ph.T2, ph.T1) if model.compute_dtype is not None else 0
     with torch.no_grad():
         batch = model.batch(x, y, ph.beta1, masks)  # the drive once: x is clamped throughout
-        s_free = relax(model, batch, model.init_states(x), ph.T1, ph.explicit)
+        s_free = relax(model, batch, model.init_states(x), ph.T1 - exact, ph.explicit)
+    with torch.no_grad(), model.full_precision():
+        s_free = relax(model, batch, s_free, exact, ph.explicit)
         if ph.thirdphase:  # both nudged phases as one batch of 2B with beta = +beta2, -beta2
             n = x.shape[0]
             both = relax(model, batch.stacked(beta), map_states(lambda t: torch.cat([t, t]),
@@ -691,8 +711,8 @@ def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float
         else:
             s_nudged = relax(model, batch.nudged(beta), s_free, ph.T2, ph.explicit)
             s_ref, beta_ref = s_free, ph.beta1
-    grads = energy_gradients(model, batch, s_ref, beta_ref, s_nudged, beta, ph.explicit,
-                             update_rule_pre(model, ph.same_update, s_free))
+        grads = energy_gradients(model, batch, s_ref, beta_ref, s_nudged, beta, ph.explicit,
+                                 update_rule_pre(model, ph.same_update, s_free))
     if ph.same_update:
         share_feedback_updates(model, grads)
     write_grads(model, grads)

@@ -18,12 +18,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+import distributed
 import plots
 from data_utils import Split, batches, num_batches
 from errors import Diverged, UsageError
 from gdu import gdu_check, mean_rmse
 from model_utils import (EnergyNet, Phases, States, bp_gradients, bptt_gradients, ep_gradients,
-                         free_phase)
+                         free_phase, write_grads)
 from results import (BEST_MODEL, CHECKPOINT, DICTIONARY, FINAL_CHECKPOINT, FINAL_MODEL, METRICS,
                      atomic_save, load_weights, write_metrics)
 
@@ -85,14 +86,17 @@ def evaluate_split(model: EnergyNet, data: Split, alg: str, T1: int, explicit: b
     """Over a whole split: accuracy (%), mean loss and, for LCANet, the code's mean
     reconstruction error and sparsity (EnergyNet.code_stats)."""
     sums: dict[str, Tensor] = {}
-    for i in range(0, len(data), mbs):
-        x, y = data.x[i:i + mbs], data.y[i:i + mbs]
+    part = distributed.shard(len(data))  # under torchrun, each process a part of the split
+    for i in range(part.start, part.stop, mbs):
+        x, y = data.x[i:min(i + mbs, part.stop)], data.y[i:min(i + mbs, part.stop)]
         s = predict(model, x, alg, T1, explicit)
         per_sample = {"acc": 100.0 * (model.logits(s).argmax(1) == y),
                       "loss": model.loss(s, model.one_hot(y, x)), **model.code_stats(x, s)}
         for key, values in per_sample.items():
             sums[key] = sums.get(key, 0) + values.sum()
-    return {key: value.item() / len(data) for key, value in sums.items()}
+    keys = sorted(sums)
+    totals = distributed.all_sum(torch.stack([sums[k] for k in keys])).tolist()
+    return {key: value / len(data) for key, value in zip(keys, totals)}
 
 
 @dataclass
@@ -212,20 +216,33 @@ class Trainer:
             plots.plot_angles(self.history, self.run_dir / "angles.png")
 
     # ---- training ------------------------------------------------------------------------
-    def train_batch(self, x: Tensor, y: Tensor) -> States:
-        """Gradients of one batch by the chosen algorithm (with --dropouts, under masks drawn
-        for this batch); returns the free states."""
-        alg, masks = self.args.alg, None
-        if self.args.dropouts is not None:
+    def train_batch(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, States]:
+        """Gradients of one batch by the chosen algorithm, as the whole batch's mean (with
+        --dropouts under masks drawn for this batch; for advtrain on its adversarial version).
+        Under torchrun this process relaxes its share of the batch; returns that share (x, y)
+        and its free states."""
+        alg, masks, total = self.args.alg, None, len(y)
+        if self.args.dropouts is not None:  # drawn for the whole batch: alike in every process
             masks = self.model.dropout_masks(x, self.args.dropouts, self.gen)
-        if alg == "EP":
-            sign = 1.0
-            if self.args.random_sign:
-                sign = 2.0 * torch.randint(0, 2, (), generator=self.gen, device=x.device).item() - 1
-            return ep_gradients(self.model, x, y, self.phases, sign, masks)
-        if alg == "BPTT":
-            return bptt_gradients(self.model, x, y, self.phases, masks)
-        return bp_gradients(self.model, x, y, masks)
+        sign = 1.0
+        if alg == "EP" and self.args.random_sign:
+            sign = 2.0 * torch.randint(0, 2, (), generator=self.gen, device=x.device).item() - 1
+        part = distributed.shard(total)
+        x, y = x[part], y[part]
+        masks = masks and tuple(m if m is None else m[part] for m in masks)
+        if self.adversary is not None and len(y):
+            x = self.adversary(x, y)
+        if not len(y):  # a last batch smaller than the process count: this one has no share
+            write_grads(self.model, [torch.zeros_like(p) for p in self.model.parameters()])
+            s = self.model.init_states(x)
+        elif alg == "EP":
+            s = ep_gradients(self.model, x, y, self.phases, sign, masks)
+        elif alg == "BPTT":
+            s = bptt_gradients(self.model, x, y, self.phases, masks)
+        else:
+            s = bp_gradients(self.model, x, y, masks)
+        distributed.average_gradients(self.model, len(y), total)
+        return x, y, s
 
     def run_epoch(self, total_epochs: int) -> None:
         """Train one epoch (or its rest after a resume) unless a stop signal comes first."""
@@ -239,20 +256,24 @@ class Trainer:
         done = cur.seen // self.args.mbs
         bar = tqdm(total=num_batches(n, self.args.mbs), initial=done, unit="batch",
                    desc=f"epoch {self.epoch + 1}/{total_epochs}", dynamic_ncols=True, leave=False,
-                   mininterval=0.5 if sys.stderr.isatty() else 30)
+                   mininterval=0.5 if sys.stderr.isatty() else 30,
+                   disable=not distributed.is_main())
         stream = batches(self.train, self.args.mbs, cur.perm, cur.seen, self.args.data_aug,
                          self.gen)
         for b, (x, y) in enumerate(stream, done):
-            if self.adversary is not None:
-                x = self.adversary(x, y)
-            s = self.train_batch(x, y)
+            total = len(y)
+            x, y, s = self.train_batch(x, y)
             self.optimizer.step()
-            self.model.after_update(x, s)
+            self.model.after_update(x, s, distributed.all_sum, total)
             with torch.no_grad():  # one device sync per batch: the stats and a finiteness check
                 weight_sum = torch.stack([p.sum() for p in params]).sum()
                 loss = self.model.loss(s, self.model.one_hot(y, x)).sum()
                 correct = (self.model.logits(s).argmax(1) == y).sum()
-                stats = torch.stack([correct.to(loss), loss, weight_sum.to(loss)]).tolist()
+                # summed over the processes, with whether any of them was asked to stop
+                stop = loss.new_tensor(float(self.stop_requested))
+                stats = distributed.all_sum(torch.stack([correct.to(loss), loss,
+                                                         weight_sum.to(loss), stop])).tolist()
+            self.stop_requested = stats[3] > 0
             if not all(map(math.isfinite, stats)):
                 bar.close()
                 raise Diverged(f"NaN or inf in the states or weights at epoch {self.epoch + 1}, "
@@ -260,7 +281,7 @@ class Trainer:
                                f"{self.files_kept()}")
             if self.args.check_thm and b % max(1, num_batches(n, self.args.mbs) // 10) == 0:
                 cur.gdu_rmse.append(self.check_theorem(x, y))
-            cur.seen += len(y)
+            cur.seen += total
             cur.correct += stats[0]
             cur.loss_sum += stats[1]
             cur.seconds = time.time() - start_time

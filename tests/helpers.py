@@ -85,5 +85,5 @@ def train_one_batch(argv: list[str], image_shape: tuple[int, ...]):
     model = config.build_model(args)
     data = Split(torch.rand(2, *image_shape), torch.tensor([3, 7]))
     trainer = Trainer(model, data, data, args, None)
-    s = trainer.train_batch(data.x, data.y)
+    s = trainer.train_batch(data.x, data.y)[2]
     return args, model, trainer, data, s

@@ -1,10 +1,15 @@
-"""bench.py still runs on the published lines, times two different paths, and both reach
-identical states there."""
+"""bench.py still runs on the published lines, times its paths, and the fp32 ones reach the
+reference's states there."""
+
+import os
+import subprocess
 
 import pytest
 import torch
 
 import bench
+import bench_gpu
+from helpers import ROOT
 
 
 def test_benchmark_runs_and_paths_agree(monkeypatch):
@@ -16,14 +21,19 @@ def test_benchmark_runs_and_paths_agree(monkeypatch):
         return grad(*args, **kwargs)
 
     monkeypatch.setattr(torch.autograd, "grad", counted)
-    rows = bench.run(1, torch.device("cpu"))
+    rows = bench.run(1, torch.device("cpu"), ("autograd", "explicit", "bf16"))
     assert [r["line"] for r in rows] == list(bench.LINES)
     for r in rows:
-        assert r["max_state_diff"] < 1e-5, r  # bit-identical here; kernels may differ elsewhere
-        assert r["speedup"] == pytest.approx(r["autograd_ms"] / r["explicit_ms"], rel=1e-12)
-    # the reference path differentiates Phi at every step; the explicit one never does
+        assert r["max_state_diff"]["explicit"] < 1e-5, r  # identical here; kernels may differ
+        assert 0 < r["max_state_diff"]["bf16"] < 1, r  # bfloat16 products: close, not equal
+        assert r["speedup"]["explicit"] == pytest.approx(r["ms"]["autograd"] / r["ms"]["explicit"],
+                                                         rel=1e-12)
+    # the reference path differentiates Phi at every step; the explicit ones never do
     assert calls["autograd"] >= sum(r["batches"] for r in rows) * 30  # every line has T1 >= 30
-    assert "| speed-up |" in bench.table(rows)
+    assert "| bf16 (ms/batch) |" in bench.table(rows)
+    mlp = list(bench.LINES)[:1]
+    compiled = bench.run(1, torch.device("cpu"), ("explicit", "compiled", "bf16 compiled"), mlp)
+    assert compiled[0]["max_state_diff"]["compiled"] < 1e-5
     costs = bench.lca_costs(1, torch.device("cpu"))
     assert 0 < costs["lca_ms"] < costs["step_ms"]
     assert "one LCA iteration" in bench.lca_table(costs)
@@ -32,3 +42,20 @@ def test_benchmark_runs_and_paths_agree(monkeypatch):
     assert all(r["plain_ms"] > 0 and r["checkpointed_ms"] > 0 and 1 <= r["segment"] <= r["T"]
                for r in unrolls)
     assert "checkpointed" in bench.unroll_table(unrolls)
+
+
+def test_gpu_benchmark_script_runs_on_the_cpu():
+    """check/bench_gpu.sh without a GPU: a tiny network, 1 and 2 processes, every variant,
+    then the roofline of the real line (whose step FLOPs are the published network's)."""
+    done = subprocess.run(["bash", "check/bench_gpu.sh", "--batches", "2", "--warmup", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [ln for ln in done.stdout.splitlines() if ln.startswith("| ") and "x CPU" in ln]
+    assert [r.split(" | ")[:2] for r in rows] == [[f"| {n} x CPU", v] for n in (1, 2)
+                                                  for v in ("fp32", "bf16", "bf16 compiled")]
+    assert all(float(r.split(" | ")[4]) > 0 for r in rows)
+    bound = {r["precision"]: r for r in [bench_gpu.roofline(p) for p in ("fp32", "bf16")]}
+    assert bound["fp32"]["step_gflop_per_image"] == pytest.approx(0.642, rel=0.01)
+    assert bound["bf16"]["bound_s"] < bound["fp32"]["bound_s"]
+    assert "| bf16 |" in done.stdout.split("| precision | GFLOP")[1]

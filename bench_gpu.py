@@ -1,0 +1,196 @@
+"""One epoch of the published CIFAR-10 EP line on GPUs: measured, and bounded on paper.
+
+    torchrun --nproc_per_node N bench_gpu.py --precision bf16 --compile   # time it on N GPUs
+    python bench_gpu.py --roofline                                        # the bound, anywhere
+
+The line is check/train_cifar10_mse_ep_symmetric.sh (conv 128-256-512-512, T1 250, T2 30,
+mbs 128, symmetric nudged phases, random crop and flip). The measurement trains `--batches`
+batches of CIFAR-shaped random images after `--warmup` ones (compilation, cuDNN's choice of
+kernels) and evaluates a batch of 500, then scales both to a whole epoch (50,000 training
+and 10,000 test images). `--tiny` runs a tiny network instead: the CPU check of this script.
+
+The roofline counts, with our own model code on the meta device, the FLOPs (FlopCounterMode),
+the bytes every operation reads and writes (unfused: an upper bound of memory traffic) and
+the operations (eager kernel launches) of one free step, one stacked nudged step and the
+parameter gradients, and divides an epoch's worth by an H100's published peaks; the bound of
+each part is the slower of its compute and its memory traffic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+import config
+import distributed
+from bench import published_args
+from data_utils import Split, batches
+from model_utils import Phases, energy_gradients, map_states, relax
+from trainer import EVAL_MBS, Trainer, evaluate_split
+
+LINE = "train_cifar10_mse_ep_symmetric.sh"
+TRAIN, TEST = 50_000, 10_000
+PUBLISHED_EPOCH_S = 240  # the published code's epoch on one GPU, as its users report it
+TINY = ["--channels", "4", "8", "8", "8", "--T1", "6", "--T2", "3", "--mbs", "16"]
+# H100 SXM peaks (dense): FP32 on CUDA cores, TF32 and BF16 on tensor cores; HBM3 bandwidth
+PEAKS = {"fp32": 67e12, "tf32": 495e12, "bf16": 989e12}
+HBM_BYTES_PER_S = 3.35e12
+LAUNCH_S = 5e-6  # host time per eager kernel launch (what a CUDA graph replay saves)
+
+
+def line_args(precision: str, compile_: bool, tiny: bool):
+    extra = ["--precision", precision, "--compile" if compile_ else "--no-compile"]
+    return published_args(LINE, extra + (TINY if tiny else []), task="CIFAR10")
+
+
+def synthetic(n: int, device: torch.device, seed: int) -> Split:
+    """CIFAR-shaped normalised images and labels (nothing to download on a GPU node)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return Split(torch.randn(n, 3, 32, 32, generator=gen, device=device),
+                 torch.randint(0, 10, (n,), generator=gen, device=device))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(args, device: torch.device, n_batches: int, warmup: int) -> dict:
+    """Seconds of a training batch and of an evaluation batch of EVAL_MBS, over all processes."""
+    torch.manual_seed(0)
+    model = config.build_model(args).to(device)
+    train = synthetic(args.mbs * (n_batches + warmup), device, 1)
+    test = synthetic(EVAL_MBS * distributed.world_size(), device, 2)
+    trainer = Trainer(model, train, test, args, None)
+    perm = torch.arange(len(train), device=device)
+    stream = batches(train, args.mbs, perm, 0, args.data_aug, trainer.gen)
+    for b, (x, y) in enumerate(stream):
+        if b == warmup:
+            sync(device)
+            distributed.all_sum(torch.zeros(1, device=device))  # start together
+            t0 = time.perf_counter()
+        trainer.train_batch(x, y)
+        trainer.optimizer.step()
+    sync(device)
+    train_s = (time.perf_counter() - t0) / n_batches
+    evaluate_split(model, test, "EP", args.T1)  # compiles the evaluation's batch shape
+    sync(device)
+    t0 = time.perf_counter()
+    evaluate_split(model, test, "EP", args.T1)
+    sync(device)
+    eval_s = (time.perf_counter() - t0) / distributed.world_size()  # per EVAL_MBS images
+    epoch_s = train_s * -(-TRAIN // args.mbs) + eval_s * TEST / EVAL_MBS
+    return {"train_ms": 1e3 * train_s, "eval_ms": 1e3 * eval_s, "epoch_s": epoch_s}
+
+
+class TrafficMode(TorchDispatchMode):
+    """Bytes read and written by every operation that is not a view (no fusion assumed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes, self.ops = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            self.ops += 1
+            self.bytes += sum(t.numel() * t.element_size()
+                              for t in pytree.tree_leaves((args, kwargs, out))
+                              if isinstance(t, torch.Tensor))
+        return out
+
+
+def counted(fn) -> tuple[float, float, int]:
+    """FLOPs, bytes moved and operations (kernels, in eager mode) of fn()."""
+    flops, traffic = FlopCounterMode(display=False), TrafficMode()
+    with flops, traffic:
+        fn()
+    return flops.get_total_flops(), traffic.bytes, traffic.ops
+
+
+@torch.no_grad()
+def roofline(precision: str, tiny: bool = False, exact_peak: str = "fp32") -> dict:
+    """FLOPs, bytes and kernels of one epoch of the line, and the time they take at the peaks.
+
+    With bf16 the free steps run in bfloat16 but the last T2 of each training batch and the
+    nudged phases in IEEE float32 (ep_gradients), at float32's peak (`exact_peak`: what if
+    they ran at another's)."""
+    args = line_args(precision, False, tiny)
+    model = config.build_model(args).to("meta")
+    x = torch.empty(args.mbs, 3, 32, 32, device="meta")
+    y = torch.zeros(args.mbs, dtype=torch.long, device="meta")
+    batch, s = model.batch(x, y), model.init_states(x)
+    both = map_states(lambda t: torch.cat([t, t]), s)
+    free = counted(lambda: relax(model, batch, s, 1))
+    with model.full_precision():
+        exact_free = counted(lambda: relax(model, batch, s, 1))
+        nudged = counted(lambda: relax(model, batch.stacked(args.betas[1]), both, 1))
+        grads = counted(lambda: energy_gradients(model, batch, s, -args.betas[1], s,
+                                                 args.betas[1]))
+    n_batches = -(-TRAIN // args.mbs)
+    exact = args.T2 if model.compute_dtype is not None else 0
+    parts = {  # (what is counted, how many times an epoch, its peak)
+        "free": (free, (args.T1 - exact) * n_batches + args.T1 * TEST / args.mbs, precision),
+        "exact": (exact_free, exact * n_batches, exact_peak),
+        "nudged": (nudged, args.T2 * n_batches, exact_peak if exact else precision),
+        "grads": (grads, n_batches, exact_peak if exact else precision)}
+    flops = sum(c[0] * n for c, n, _ in parts.values())
+    traffic = sum(c[1] * n for c, n, _ in parts.values())
+    compute_s = sum(c[0] * n / PEAKS[peak] for c, n, peak in parts.values())
+    memory_s = traffic / HBM_BYTES_PER_S
+    bound_s = sum(max(c[0] / PEAKS[peak], c[1] / HBM_BYTES_PER_S) * n
+                  for c, n, peak in parts.values())
+    label = precision + (f", its float32 steps at the {exact_peak} peak" if exact and
+                         exact_peak != "fp32" else "")
+    return {"precision": label, "step_gflop_per_image": free[0] / args.mbs / 1e9,
+            "step_mib_per_image": free[1] / args.mbs / 2**20, "epoch_pflop": flops / 1e15,
+            "epoch_tb": traffic / 1e12, "compute_s": compute_s, "memory_s": memory_s,
+            "bound_s": bound_s, "ops_per_step": free[2],
+            "launch_s": sum(c[2] * n for c, n, _ in parts.values()) * LAUNCH_S}
+
+
+def roofline_table(rows: list[dict]) -> str:
+    lines = ["| precision | GFLOP / image / step | MiB moved / image / step (unfused) | "
+             "epoch PFLOP | epoch TB moved | at peak compute (s) | at peak bandwidth (s) | "
+             "bound (s) | eager kernels / step | their launches (s) |", "|---" * 10 + "|"]
+    lines += [f"| {r['precision']} | {r['step_gflop_per_image']:.3f} | "
+              f"{r['step_mib_per_image']:.2f} | {r['epoch_pflop']:.2f} | {r['epoch_tb']:.1f} | "
+              f"{r['compute_s']:.1f} | {r['memory_s']:.1f} | {r['bound_s']:.1f} | "
+              f"{r['ops_per_step']} | {r['launch_s']:.0f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--batches", type=int, default=10, help="batches timed")
+    p.add_argument("--warmup", type=int, default=3, help="batches before the timing")
+    p.add_argument("--tiny", action="store_true", help="a tiny network: the CPU self-check")
+    p.add_argument("--roofline", action="store_true", help="print the bound and exit")
+    a = p.parse_args()
+    if a.roofline:
+        rows = [roofline(prec, a.tiny) for prec in ("fp32", "tf32", "bf16")]
+        print(roofline_table(rows + [roofline("bf16", a.tiny, exact_peak="tf32")]))
+        return
+    device = distributed.init() if distributed.launched() else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    processes = distributed.world_size()
+    try:
+        r = measure(line_args(a.precision, a.compile, a.tiny), device, a.batches, a.warmup)
+    finally:
+        distributed.close()
+    if distributed.is_main():
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        print(f"| {processes} x {name} | {a.precision}"
+              f"{' compiled' if a.compile else ''} | {r['train_ms']:.1f} | {r['eval_ms']:.1f} | "
+              f"{r['epoch_s']:.1f} | {PUBLISHED_EPOCH_S / r['epoch_s']:.2f}x |")
+
+
+if __name__ == "__main__":
+    cli()

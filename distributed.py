@@ -1,0 +1,82 @@
+"""Several processes training one model: torchrun starts them, torch.distributed joins them.
+
+`torchrun --nproc_per_node N main.py ...` runs N copies of main.py with RANK, WORLD_SIZE and
+LOCAL_RANK set. Every process holds the whole data set and draws the same batch order, dropout
+masks and random signs (one generator, seeded alike); each relaxes its share of every batch
+(--mbs stays the global batch), the shard means of the gradients are combined into the batch
+mean, and every process takes the same optimizer step. Evaluation is sharded the same way and
+its sums reduced. Only rank 0 writes files, so a checkpoint resumes with any process count.
+In one process every function here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+def launched() -> bool:
+    """Started by torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init() -> torch.device:
+    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs); this process's device."""
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+        return device
+    dist.init_process_group("gloo")
+    return torch.device("cpu")
+
+
+def close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank (torchrun's RANK before the group is joined)."""
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    """The process that prints and writes files."""
+    return rank() == 0
+
+
+def shard(n: int) -> slice:
+    """This process's contiguous part of n samples (parts differ in size by one at most)."""
+    base, extra = divmod(n, world_size())
+    r = rank()
+    start = r * base + min(r, extra)
+    return slice(start, start + base + (r < extra))
+
+
+def all_sum(t: Tensor) -> Tensor:
+    """t summed over the processes, in place (t itself in one process)."""
+    if world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def average_gradients(model: nn.Module, local: int, total: int) -> None:
+    """.grad <- the whole batch's mean: each process's shard mean weighted by its share of the
+    batch (local of total samples), summed over the processes in one flat all-reduce."""
+    if world_size() == 1:
+        return
+    grads = [p.grad for p in model.parameters()]
+    flat = torch.cat([g.flatten() for g in grads]).mul_(local / total)
+    dist.all_reduce(flat)
+    offset = 0
+    for g in grads:  # logical order both ways, so a channels-last .grad keeps its layout
+        g.copy_(flat[offset:offset + g.numel()].view(g.shape))
+        offset += g.numel()
