@@ -30,7 +30,7 @@ import config
 import distributed
 from bench import published_args
 from data_utils import Split, batches
-from model_utils import Phases, energy_gradients, map_states, relax
+from model_utils import energy_gradients, map_states, relax
 from trainer import EVAL_MBS, Trainer, evaluate_split
 
 LINE = "train_cifar10_mse_ep_symmetric.sh"
