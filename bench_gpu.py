@@ -114,44 +114,31 @@ def counted(fn) -> tuple[float, float, int]:
 
 
 @torch.no_grad()
-def roofline(precision: str, tiny: bool = False, exact_peak: str = "fp32") -> dict:
-    """FLOPs, bytes and kernels of one epoch of the line, and the time they take at the peaks.
-
-    With bf16 the free steps run in bfloat16 but the last T2 of each training batch and the
-    nudged phases in IEEE float32 (ep_gradients), at float32's peak (`exact_peak`: what if
-    they ran at another's)."""
+def roofline(precision: str, tiny: bool = False) -> dict:
+    """FLOPs, bytes and kernels of one epoch of the line, and the time they take at the peaks
+    (with bf16 the nudged steps are linearised, as ep_gradients runs them)."""
     args = line_args(precision, False, tiny)
     model = config.build_model(args).to("meta")
     x = torch.empty(args.mbs, 3, 32, 32, device="meta")
     y = torch.zeros(args.mbs, dtype=torch.long, device="meta")
     batch, s = model.batch(x, y), model.init_states(x)
     both = map_states(lambda t: torch.cat([t, t]), s)
+    nudged = batch.stacked(args.betas[1])
+    if model.compute_dtype is not None:
+        nudged = model.linearised(nudged, both)
     free = counted(lambda: relax(model, batch, s, 1))
-    with model.full_precision():
-        exact_free = counted(lambda: relax(model, batch, s, 1))
-        nudged = counted(lambda: relax(model, batch.stacked(args.betas[1]), both, 1))
-        grads = counted(lambda: energy_gradients(model, batch, s, -args.betas[1], s,
-                                                 args.betas[1]))
+    nudged = counted(lambda: relax(model, nudged, both, 1))
+    grads = counted(lambda: energy_gradients(model, batch, s, -args.betas[1], s, args.betas[1]))
     n_batches = -(-TRAIN // args.mbs)
-    exact = args.T2 if model.compute_dtype is not None else 0
-    parts = {  # (what is counted, how many times an epoch, its peak)
-        "free": (free, (args.T1 - exact) * n_batches + args.T1 * TEST / args.mbs, precision),
-        "exact": (exact_free, exact * n_batches, exact_peak),
-        "nudged": (nudged, args.T2 * n_batches, exact_peak if exact else precision),
-        "grads": (grads, n_batches, exact_peak if exact else precision)}
-    flops = sum(c[0] * n for c, n, _ in parts.values())
-    traffic = sum(c[1] * n for c, n, _ in parts.values())
-    compute_s = sum(c[0] * n / PEAKS[peak] for c, n, peak in parts.values())
-    memory_s = traffic / HBM_BYTES_PER_S
-    bound_s = sum(max(c[0] / PEAKS[peak], c[1] / HBM_BYTES_PER_S) * n
-                  for c, n, peak in parts.values())
-    label = precision + (f", its float32 steps at the {exact_peak} peak" if exact and
-                         exact_peak != "fp32" else "")
-    return {"precision": label, "step_gflop_per_image": free[0] / args.mbs / 1e9,
+    counts = (args.T1 * (TRAIN + TEST) / args.mbs, args.T2 * n_batches, n_batches)
+    flops, traffic, ops = (sum(c[i] * n for c, n in zip((free, nudged, grads), counts))
+                           for i in range(3))
+    compute_s, memory_s = flops / PEAKS[precision], traffic / HBM_BYTES_PER_S
+    return {"precision": precision, "step_gflop_per_image": free[0] / args.mbs / 1e9,
             "step_mib_per_image": free[1] / args.mbs / 2**20, "epoch_pflop": flops / 1e15,
             "epoch_tb": traffic / 1e12, "compute_s": compute_s, "memory_s": memory_s,
-            "bound_s": bound_s, "ops_per_step": free[2],
-            "launch_s": sum(c[2] * n for c, n, _ in parts.values()) * LAUNCH_S}
+            "bound_s": max(compute_s, memory_s), "ops_per_step": free[2],
+            "launch_s": ops * LAUNCH_S}
 
 
 def roofline_table(rows: list[dict]) -> str:
@@ -175,8 +162,7 @@ def cli() -> None:
     p.add_argument("--roofline", action="store_true", help="print the bound and exit")
     a = p.parse_args()
     if a.roofline:
-        rows = [roofline(prec, a.tiny) for prec in ("fp32", "tf32", "bf16")]
-        print(roofline_table(rows + [roofline("bf16", a.tiny, exact_peak="tf32")]))
+        print(roofline_table([roofline(prec, a.tiny) for prec in ("fp32", "tf32", "bf16")]))
         return
     device = distributed.init() if distributed.launched() else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")

@@ -16,10 +16,10 @@ parameter gradients (`ep_gradients`, `bptt_gradients`, `bp_gradients`), on any E
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,16 @@ class LowPrecision:
     compute_dtype: torch.dtype | None = None
 
 
+class Linearisation(NamedTuple):
+    """A synapse's products at the reference states of a linearised (bf16) nudged step: its
+    input h and bottom-up product, the input of its top-down product and that product, all
+    in the states' dtype (each computed as the plain step computes it)."""
+    h: Tensor
+    up: Tensor
+    top: Tensor
+    down: Tensor
+
+
 class Feedback:
     """What a synapse needs to carry its top-down term with its own weight B (VF models)."""
 
@@ -109,8 +119,11 @@ class Dense(nn.Linear, Feedback, LowPrecision):
         super().__init__(n_in, n_out)
         self.add_feedback(feedback, feedback_transposed)
 
-    def up(self, s_in: Tensor) -> tuple[Tensor, torch.Size]:
+    def up(self, s_in: Tensor, ref: Linearisation | None = None) -> tuple[Tensor, torch.Size]:
         dt = self.compute_dtype
+        if ref is not None:  # linearised: the product at the reference plus that of the change
+            change = F.linear(_low((s_in - ref.h).flatten(1), dt), _low(self.weight, dt))
+            return ref.up + change, s_in.shape
         out = F.linear(_low(s_in.flatten(1), dt), _low(self.weight, dt), _low(self.bias, dt))
         return out.to(s_in.dtype), s_in.shape
 
@@ -119,14 +132,23 @@ class Dense(nn.Linear, Feedback, LowPrecision):
         dt = self.compute_dtype
         return F.linear(_low(s_in.flatten(1), dt), _low(self.back, dt)).to(s_in.dtype)
 
-    def down(self, s_out: Tensor, in_shape: torch.Size, acc: Tensor | None = None) -> Tensor:
+    def down(self, s_out: Tensor, in_shape: torch.Size, acc: Tensor | None = None,
+             ref: Linearisation | None = None) -> Tensor:
         """W^T s' (plus `acc`, fused into one matmul when the layer is flat)."""
         dt = self.compute_dtype
+        if ref is not None:
+            change = (_low(s_out - ref.top, dt) @ _low(self.back, dt)).view(in_shape)
+            top_down = ref.down + change
+            return top_down if acc is None else acc + top_down
         if acc is not None and acc.dim() == 2 and dt is None:
             return torch.addmm(acc, s_out, self.back)
         top_down = (_low(s_out, dt) @ _low(self.back, dt)).view(in_shape)
         # the sum promotes a bfloat16 term to acc's dtype in the same pass
         return top_down.to(s_out.dtype) if acc is None else acc + top_down
+
+    def linearisation(self, s_in: Tensor, s_out: Tensor) -> Linearisation:
+        out, in_shape = self.up(s_in)
+        return Linearisation(s_in, out, s_out, self.down(s_out, in_shape).to(s_out.dtype))
 
     def weight_grad(self, s_in: Tensor, s_out: Tensor) -> list[Tensor]:
         """d<up(s_in), s_out>/d(W, b), summed over the batch."""
@@ -153,11 +175,12 @@ class ConvPool(nn.Conv2d, Feedback, LowPrecision):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", pool={self.pool!r}"
 
-    def up(self, s_in: Tensor) -> tuple[Tensor, tuple]:
+    def up(self, s_in: Tensor, ref: Linearisation | None = None) -> tuple[Tensor, tuple]:
         """P(conv_W(s)) and the routing `down` needs (B's own arg-max in a VF synapse)."""
         vf_routing = self.feedback is not None and self.pool == "m"
         dt = self.compute_dtype
-        out, ctx = self._conv_pool(s_in, self.weight, self.bias, not vf_routing, dt)
+        c = self._conv(s_in, self.weight, self.bias, dt, ref)
+        out, ctx = self._pool(c, not vf_routing, s_in.shape, s_in.dtype)
         if vf_routing:
             ctx = self._conv_pool(s_in, self.feedback, None, True, dt)[1]
         return out, ctx
@@ -168,12 +191,28 @@ class ConvPool(nn.Conv2d, Feedback, LowPrecision):
 
     def _conv_pool(self, s_in: Tensor, weight: Tensor, bias: Tensor | None,
                    routing: bool = True, dt: torch.dtype | None = None) -> tuple[Tensor, tuple]:
-        """P(conv_weight(s)) and, with `routing`, the max-pool arg-max that `unpool` needs;
-        conv and pooling in `dt` (then back to s's dtype) for --precision bf16."""
+        """P(conv_weight(s)) and, with `routing`, the max-pool arg-max that `unpool` needs."""
+        return self._pool(self._conv(s_in, weight, bias, dt), routing, s_in.shape, s_in.dtype)
+
+    def _conv(self, s_in: Tensor, weight: Tensor, bias: Tensor | None,
+              dt: torch.dtype | None = None, ref: Linearisation | None = None) -> Tensor:
+        """conv_weight(s), computed in `dt` (--precision bf16); linearised: the reference's
+        plus the conv of the change (in s's dtype)."""
         # channels-last: ~20x faster max-pooling on CPU and the layout cuDNN prefers
-        dtype = s_in.dtype
         s_in = s_in.contiguous(memory_format=torch.channels_last)
-        c = F.conv2d(_low(s_in, dt), _low(weight, dt), _low(bias, dt), self.stride, self.padding)
+        if ref is not None:
+            change = F.conv2d(_low(s_in - ref.h, dt), _low(weight, dt), None, self.stride,
+                              self.padding)
+            return ref.up + change
+        return F.conv2d(_low(s_in, dt), _low(weight, dt), _low(bias, dt), self.stride,
+                        self.padding)
+
+    def _pool(self, c: Tensor, routing: bool, in_shape: torch.Size,
+              dtype: torch.dtype) -> tuple[Tensor, tuple]:
+        """P(c) in `dtype` (the states'), and the context `unpool` and `down` need. A max is
+        taken in c's own dtype (it rounds nothing), an average after the cast to `dtype`."""
+        if self.pool != "m":
+            c = c.to(dtype)
         indices = None
         if self.pool == "m":
             out, indices = F.max_pool2d(c, 2, return_indices=True) if routing else (
@@ -184,7 +223,7 @@ class ConvPool(nn.Conv2d, Feedback, LowPrecision):
             out = c
         # a 1-channel input is ambiguous about layout, so fix the output's explicitly
         out = out.to(dtype).contiguous(memory_format=torch.channels_last)
-        return out, (indices, c.shape, s_in.shape)
+        return out, (indices, c.shape, in_shape)
 
     def unpool(self, s_out: Tensor, ctx: tuple) -> Tensor:
         """The adjoint of the pooling at the state that gave `ctx` (arg-max routing for max)."""
@@ -197,14 +236,30 @@ class ConvPool(nn.Conv2d, Feedback, LowPrecision):
             return F.pad(g, (0, c_shape[-1] - g.shape[-1], 0, c_shape[-2] - g.shape[-2]))
         return s_out
 
-    def down(self, s_out: Tensor, ctx: tuple, acc: Tensor | None = None) -> Tensor:
-        """conv^T(unpool(s')) (plus `acc`)."""
+    def down(self, s_out: Tensor, ctx: tuple, acc: Tensor | None = None,
+             ref: Linearisation | None = None) -> Tensor:
+        """conv^T(unpool(s')) (plus `acc`); linearised: the reference's plus that of the
+        change of the un-pooled s' (which also carries any change of routing)."""
         dt = self.compute_dtype
-        g, in_shape = self.unpool(_low(s_out, dt), ctx), ctx[2]
+        if ref is not None:
+            top_down = ref.down + self._conv_t(_low(self.unpool(s_out, ctx) - ref.top, dt), ctx)
+            return top_down if acc is None else acc + top_down
+        top_down = self._conv_t(self.unpool(_low(s_out, dt), ctx), ctx)
+        return top_down.to(s_out.dtype) if acc is None else acc + top_down
+
+    def _conv_t(self, g: Tensor, ctx: tuple) -> Tensor:
+        """conv_B^T(g) back to the input's size (in g's dtype)."""
+        in_shape, dt = ctx[2], self.compute_dtype
         k, st, p = self.kernel_size[0], self.stride[0], self.padding[0]
         extra = [in_shape[d] - ((g.shape[d] - 1) * st - 2 * p + k) for d in (-2, -1)]
-        top_down = F.conv_transpose2d(g, _low(self.back, dt), None, st, p, output_padding=extra)
-        return top_down.to(s_out.dtype) if acc is None else acc + top_down
+        return F.conv_transpose2d(g, _low(self.back, dt), None, st, p, output_padding=extra)
+
+    def linearisation(self, s_in: Tensor, s_out: Tensor) -> Linearisation:
+        c = self._conv(s_in, self.weight, self.bias, self.compute_dtype).to(s_in.dtype)
+        _, ctx = self.up(s_in)
+        g = self.unpool(s_out, ctx)
+        return Linearisation(s_in.contiguous(memory_format=torch.channels_last), c, g,
+                             self.down(s_out, ctx).to(s_out.dtype))
 
     def weight_grad(self, s_in: Tensor, s_out: Tensor) -> list[Tensor]:
         """d<P(conv(s_in)), s_out>/d(W, b), summed over the batch."""
@@ -232,14 +287,16 @@ Masks = tuple[Tensor | None, ...] | None
 class Batch:
     """What stays fixed while the states of one mini-batch relax: the clamped input x, its
     bottom-up drive into layer 1 (computed once), the one-hot target, the nudge beta (a
-    number, or one value per sample when several nudged phases share one batch) and the
-    dropout masks (--dropouts; drawn once per batch, the same in every phase)."""
+    number, or one value per sample when several nudged phases share one batch), the
+    dropout masks (--dropouts; drawn once per batch, the same in every phase) and, for a
+    bf16 nudged phase, the states it is linearised at (`EnergyNet.linearised`)."""
 
     x: Tensor
     drive: Tensor
     target: Tensor | None = None
     beta: float | Tensor = 0.0
     masks: Masks = None
+    reference: tuple[Linearisation, ...] | None = None  # EnergyNet.linearised
 
     def nudged(self, beta: float | Tensor) -> Batch:
         return replace(self, beta=beta)
@@ -338,16 +395,6 @@ class EnergyNet(nn.Module):
         for syn in self.synapses:
             if isinstance(syn, LowPrecision):
                 syn.compute_dtype = dtype
-
-    @contextlib.contextmanager
-    def full_precision(self):
-        """The dynamics at the states' own precision inside the block (then as before)."""
-        dtype = self.compute_dtype
-        self.set_compute_dtype(None)
-        try:
-            yield
-        finally:
-            self.set_compute_dtype(dtype)
 
     def init_states(self, x: Tensor) -> States:
         return [n.init(x.new_zeros(x.shape[0], *shape).contiguous(memory_format=_layout(shape)))
@@ -474,6 +521,17 @@ class EnergyNet(nn.Module):
                 angles[f"angle_{k}"] = math.degrees(math.acos(cos.clamp(-1, 1).item()))
         return angles
 
+    def linearised(self, batch: Batch, s: States) -> Batch:
+        """`batch` whose steps compute each product as its value at the states s plus the
+        product of the change since s (--precision bf16, for the nudged phases): near s the
+        change is small, so bfloat16 rounds it, not the whole field, and at s itself the step
+        is the plain one, bit for bit."""
+        s = self.visible(s)
+        readers = s[:-1] if batch.masks is None else self.inputs(batch, s)[1:]
+        return replace(batch, reference=tuple(
+            syn.linearisation(h, top)
+            for syn, h, top in zip(self.energy_synapses[1:], readers, s[1:])))
+
     def step(self, batch: Batch, s: States) -> States:
         """One synchronous step s_k <- act(dPhi/ds_k), from explicit local terms."""
         fields = self.field(batch, self.visible(s))
@@ -483,16 +541,17 @@ class EnergyNet(nn.Module):
         """dPhi/ds_k for every layer (each layer's pre-activation), from local terms."""
         ups, ctxs, inner, masks = [batch.drive], [None], self.energy_synapses[1:], batch.masks
         readers = s[:-1] if masks is None else self.inputs(batch, s)[1:]  # once per step
-        for syn, h in zip(inner, readers):
-            out, ctx = syn.up(h)
+        refs = batch.reference or (None,) * len(inner)
+        for syn, h, ref in zip(inner, readers, refs):
+            out, ctx = syn.up(h, ref)
             ups.append(out)
             ctxs.append(ctx)
+        layers = list(zip(ups, inner, s[1:], ctxs[1:], refs))
         if masks is None:
-            grads = [syn.down(top, ctx, up)
-                     for up, syn, top, ctx in zip(ups, inner, s[1:], ctxs[1:])]
+            grads = [syn.down(top, ctx, up, ref) for up, syn, top, ctx, ref in layers]
         else:  # a layer's top-down input comes through the mask its upper synapse reads it by
-            grads = [up + _masked(masks, k, syn.down(top, ctx))
-                     for k, (up, syn, top, ctx) in enumerate(zip(ups, inner, s[1:], ctxs[1:]), 1)]
+            grads = [up + _masked(masks, k, syn.down(top, ctx, None, ref))
+                     for k, (up, syn, top, ctx, ref) in enumerate(layers, 1)]
         last, beta = ups[-1], batch.beta
         if isinstance(beta, Tensor):
             g = self.loss_grad(s, batch.target, masks)
@@ -694,25 +753,27 @@ def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float
     """EP: free phase to s*, nudged phase(s) from s*, then the energy-difference gradient
     (with dropout `masks`, the same in every phase)."""
     beta = sign * ph.beta2
-    # --precision bf16: the last T2 free steps and the nudged phases run in float32, for the
-    # nudge moves the states by less than bfloat16's rounding of the fields
-    exact = min(ph.T2, ph.T1) if model.compute_dtype is not None else 0
     with torch.no_grad():
         batch = model.batch(x, y, ph.beta1, masks)  # the drive once: x is clamped throughout
-        s_free = relax(model, batch, model.init_states(x), ph.T1 - exact, ph.explicit)
-    with torch.no_grad(), model.full_precision():
-        s_free = relax(model, batch, s_free, exact, ph.explicit)
+        s_free = relax(model, batch, model.init_states(x), ph.T1, ph.explicit)
         if ph.thirdphase:  # both nudged phases as one batch of 2B with beta = +beta2, -beta2
+            nudged, start = batch.stacked(beta), map_states(lambda t: torch.cat([t, t]), s_free)
+        else:
+            nudged, start = batch.nudged(beta), s_free
+        if ph.explicit and model.compute_dtype is not None:
+            # bf16: the nudge moves the states by less than bfloat16's rounding of a field,
+            # so the nudged steps round only the change since s* (EnergyNet.linearised)
+            nudged = model.linearised(nudged, start)
+        s_nudged = relax(model, nudged, start, ph.T2, ph.explicit)
+        if ph.thirdphase:
             n = x.shape[0]
-            both = relax(model, batch.stacked(beta), map_states(lambda t: torch.cat([t, t]),
-                                                                s_free), ph.T2, ph.explicit)
-            s_nudged, s_ref = map_states(lambda t: t[:n], both), map_states(lambda t: t[n:], both)
+            s_nudged, s_ref = (map_states(lambda t: t[:n], s_nudged),
+                               map_states(lambda t: t[n:], s_nudged))
             beta_ref = -beta
         else:
-            s_nudged = relax(model, batch.nudged(beta), s_free, ph.T2, ph.explicit)
             s_ref, beta_ref = s_free, ph.beta1
-        grads = energy_gradients(model, batch, s_ref, beta_ref, s_nudged, beta, ph.explicit,
-                                 update_rule_pre(model, ph.same_update, s_free))
+    grads = energy_gradients(model, batch, s_ref, beta_ref, s_nudged, beta, ph.explicit,
+                             update_rule_pre(model, ph.same_update, s_free))
     if ph.same_update:
         share_feedback_updates(model, grads)
     write_grads(model, grads)
