@@ -307,8 +307,10 @@ class Batch:
         betas = torch.full((2 * n,), beta, dtype=self.x.dtype, device=self.x.device)
         betas[n:] = -beta
         masks = self.masks and tuple(m if m is None else torch.cat([m, m]) for m in self.masks)
+        reference = self.reference and tuple(Linearisation(*(torch.cat([t, t]) for t in r))
+                                             for r in self.reference)
         return Batch(*(torch.cat([t, t]) for t in (self.x, self.drive, self.target)), betas,
-                     masks)
+                     masks, reference)
 
 
 class Neurons:
@@ -753,17 +755,22 @@ def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float
     """EP: free phase to s*, nudged phase(s) from s*, then the energy-difference gradient
     (with dropout `masks`, the same in every phase)."""
     beta = sign * ph.beta2
+    # bf16: the nudge moves the states by less than bfloat16's rounding of a field, and that
+    # rounding leaves the free phase cycling around its fixed point; so the last T2 free
+    # steps and the nudged ones round only the change since the state T2 steps before s*
+    # (EnergyNet.linearised): they settle, and the nudge is kept
+    linearise = ph.explicit and model.compute_dtype is not None
+    last = min(ph.T2, ph.T1) if linearise else 0
     with torch.no_grad():
         batch = model.batch(x, y, ph.beta1, masks)  # the drive once: x is clamped throughout
-        s_free = relax(model, batch, model.init_states(x), ph.T1, ph.explicit)
+        s_free = relax(model, batch, model.init_states(x), ph.T1 - last, ph.explicit)
+        if linearise:
+            batch = model.linearised(batch, s_free)
+        s_free = relax(model, batch, s_free, last, ph.explicit)
         if ph.thirdphase:  # both nudged phases as one batch of 2B with beta = +beta2, -beta2
             nudged, start = batch.stacked(beta), map_states(lambda t: torch.cat([t, t]), s_free)
         else:
             nudged, start = batch.nudged(beta), s_free
-        if ph.explicit and model.compute_dtype is not None:
-            # bf16: the nudge moves the states by less than bfloat16's rounding of a field,
-            # so the nudged steps round only the change since s* (EnergyNet.linearised)
-            nudged = model.linearised(nudged, start)
         s_nudged = relax(model, nudged, start, ph.T2, ph.explicit)
         if ph.thirdphase:
             n = x.shape[0]
