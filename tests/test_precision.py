@@ -165,3 +165,25 @@ def test_linearised_nudged_phase_keeps_the_nudge_in_float32(name):
     error = {k: ((effects[k] - effects["fp32"]).norm() / effects["fp32"].norm()).item()
              for k in ("plain", "linearised")}
     assert error["linearised"] < 0.03 and error["linearised"] < error["plain"] / 3, error
+
+
+@pytest.mark.parametrize("thirdphase", [False, True])
+def test_bf16_ep_runs_its_last_free_steps_and_nudged_phases_linearised(thirdphase,
+                                                                        monkeypatch):
+    from model_utils import EnergyNet
+    model = models()["CNN"]
+    set_precision(model, "bf16")
+    seen, step = [], EnergyNet.step
+
+    def recording_step(self, batch, s):
+        seen.append(batch.reference is not None)
+        return step(self, batch, s)
+
+    monkeypatch.setattr(EnergyNet, "step", recording_step)
+    x, y = torch.rand(4, *SHAPE), torch.randint(0, 10, (4,))
+    ep_gradients(model, x, y, Phases(9, 4, 0.0, 0.5, thirdphase))
+    assert seen == [False] * 5 + [True] * 8
+    seen.clear()
+    set_precision(model, "fp32")
+    ep_gradients(model, x, y, Phases(9, 4, 0.0, 0.5, thirdphase))
+    assert seen == [False] * 13  # fp32: the plain steps throughout
