@@ -418,6 +418,8 @@ def run(argv: list[str]) -> int:
             args = config.merge_saved(args, typed, ckpt["args"])
     config.validate(args, typed, from_checkpoint)
     device = start_processes(args, typed) if distributed.launched() else pick_device(args.device)
+    if args.precision == "tf32" and device.type != "cuda":
+        print("notice: --precision tf32 changes CUDA arithmetic only; on the CPU it is fp32")
     torch.manual_seed(args.seed)
     model = config.build_model(args).to(device)
     train_split, test_split = load_task(args.task, args.data_dir, device)
