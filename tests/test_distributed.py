@@ -43,7 +43,12 @@ def assert_same_metrics(a: list[dict], b: list[dict]) -> None:
             assert float(row_a[k]) == pytest.approx(float(row_b[k]), rel=1e-5, abs=1e-6), k
 
 
-@pytest.mark.parametrize("argv", [MLP, LCANET], ids=["MLP", "LCANet"])
+ADVTRAIN = ["--todo", "advtrain", "--archi", "784", "32", "10", "--T1", "5", "--T2", "2",
+            "--mbs", "500", "--optim", "sgd", "--lrs", "0.05", "0.05", "--eps", "0.1",
+            "--attack-images", "20", "--task", "MNIST5K"]  # PGD on each share, robust acc
+
+
+@pytest.mark.parametrize("argv", [MLP, LCANET, ADVTRAIN], ids=["MLP", "LCANet", "advtrain"])
 def test_two_processes_train_as_one(argv, tmp_path, capsys):
     assert cli(argv + ["--save", "--results-dir", tmp_path / "one"], capsys)[0] == 0
     done = torchrun(2, argv + ["--save", "--results-dir", tmp_path / "two"])
