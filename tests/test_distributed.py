@@ -82,12 +82,13 @@ def test_resume_with_any_number_of_processes(tmp_path, capsys, monkeypatch):
     shutil.copytree(run, tmp_path / "copy")
     assert cli(["--load-path", tmp_path / "copy", "--epochs", "1"], capsys)[0] == 0
     whole = only_run_dir(tmp_path / "whole")
-    assert_close_weights(weights(whole / "model.pt"), weights(run / "model.pt"))
+    # 12 and 18 batches of SGD with momentum: float rounding of the sums grows past 1e-6
+    assert_close_weights(weights(whole / "model.pt"), weights(run / "model.pt"), 1e-5)
     assert_same_metrics(metrics(whole), metrics(run))
     assert len(metrics(tmp_path / "copy")) == 3  # one more epoch, by one process:
     assert cli(MLP + ["--epochs", "3", "--save", "--results-dir", tmp_path / "three"])[0] == 0
     assert_close_weights(weights(only_run_dir(tmp_path / "three") / "final_model.pt"),
-                         weights(tmp_path / "copy" / "final_model.pt"))
+                         weights(tmp_path / "copy" / "final_model.pt"), 1e-5)
     evaluated = torchrun(2, ["--todo", "evaluate", "--load-path", run])
     rc, out, _ = cli(["--todo", "evaluate", "--load-path", run], capsys)
     assert evaluated.returncode == rc == 0, evaluated.stderr[-3000:]
