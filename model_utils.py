@@ -548,7 +548,7 @@ class EnergyNet(nn.Module):
             out, ctx = syn.up(h, ref)
             ups.append(out)
             ctxs.append(ctx)
-        layers = list(zip(ups, inner, s[1:], ctxs[1:], refs))
+        layers = zip(ups, inner, s[1:], ctxs[1:], refs)  # read once, by one of the two
         if masks is None:
             grads = [syn.down(top, ctx, up, ref) for up, syn, top, ctx, ref in layers]
         else:  # a layer's top-down input comes through the mask its upper synapse reads it by

@@ -88,7 +88,8 @@ def evaluate_split(model: EnergyNet, data: Split, alg: str, T1: int, explicit: b
     sums: dict[str, Tensor] = {}
     part = distributed.shard(len(data))  # under torchrun, each process a part of the split
     for i in range(part.start, part.stop, mbs):
-        x, y = data.x[i:min(i + mbs, part.stop)], data.y[i:min(i + mbs, part.stop)]
+        end = min(i + mbs, part.stop)
+        x, y = data.x[i:end], data.y[i:end]
         s = predict(model, x, alg, T1, explicit)
         per_sample = {"acc": 100.0 * (model.logits(s).argmax(1) == y),
                       "loss": model.loss(s, model.one_hot(y, x)), **model.code_stats(x, s)}
