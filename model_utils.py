@@ -78,13 +78,14 @@ class LowPrecision:
 
 
 class Linearisation(NamedTuple):
-    """A synapse's products at the reference states of a linearised (bf16) nudged step: its
-    input h and bottom-up product, the input of its top-down product and that product, all
-    in the states' dtype (each computed as the plain step computes it)."""
+    """A synapse's products at the reference states of a linearised (bf16) step, in the
+    states' dtype: its input h and bottom-up product, the input of its top-down product and
+    that product, and (a VF synapse with max pooling) conv_B(h), whose arg-max routes it."""
     h: Tensor
     up: Tensor
     top: Tensor
     down: Tensor
+    routing: Tensor | None = None
 
 
 class Feedback:
@@ -147,8 +148,9 @@ class Dense(nn.Linear, Feedback, LowPrecision):
         return top_down.to(s_out.dtype) if acc is None else acc + top_down
 
     def linearisation(self, s_in: Tensor, s_out: Tensor) -> Linearisation:
-        out, in_shape = self.up(s_in)
-        return Linearisation(s_in, out, s_out, self.down(s_out, in_shape).to(s_out.dtype))
+        """The products at (s_in, s_out) at the states' precision: exact at the reference."""
+        up = F.linear(s_in.flatten(1), self.weight, self.bias)
+        return Linearisation(s_in, up, s_out, (s_out @ self.back).view(s_in.shape))
 
     def weight_grad(self, s_in: Tensor, s_out: Tensor) -> list[Tensor]:
         """d<up(s_in), s_out>/d(W, b), summed over the batch."""
@@ -175,14 +177,20 @@ class ConvPool(nn.Conv2d, Feedback, LowPrecision):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", pool={self.pool!r}"
 
+    @property
+    def vf_routing(self) -> bool:
+        """Whether the top-down term is routed by B's own arg-max (VF, max pooling)."""
+        return self.feedback is not None and self.pool == "m"
+
     def up(self, s_in: Tensor, ref: Linearisation | None = None) -> tuple[Tensor, tuple]:
         """P(conv_W(s)) and the routing `down` needs (B's own arg-max in a VF synapse)."""
-        vf_routing = self.feedback is not None and self.pool == "m"
         dt = self.compute_dtype
-        c = self._conv(s_in, self.weight, self.bias, dt, ref)
-        out, ctx = self._pool(c, not vf_routing, s_in.shape, s_in.dtype)
-        if vf_routing:
-            ctx = self._conv_pool(s_in, self.feedback, None, True, dt)[1]
+        c = self._conv(s_in, self.weight, self.bias, dt, None if ref is None else (ref.h, ref.up))
+        out, ctx = self._pool(c, not self.vf_routing, s_in.shape, s_in.dtype)
+        if self.vf_routing:
+            b = self._conv(s_in, self.feedback, None, dt,
+                           None if ref is None else (ref.h, ref.routing))
+            ctx = self._pool(b, True, s_in.shape, s_in.dtype)[1]
         return out, ctx
 
     def feedback_up(self, s_in: Tensor) -> Tensor:
@@ -195,15 +203,16 @@ class ConvPool(nn.Conv2d, Feedback, LowPrecision):
         return self._pool(self._conv(s_in, weight, bias, dt), routing, s_in.shape, s_in.dtype)
 
     def _conv(self, s_in: Tensor, weight: Tensor, bias: Tensor | None,
-              dt: torch.dtype | None = None, ref: Linearisation | None = None) -> Tensor:
-        """conv_weight(s), computed in `dt` (--precision bf16); linearised: the reference's
-        plus the conv of the change (in s's dtype)."""
+              dt: torch.dtype | None = None, at: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """conv_weight(s), computed in `dt` (--precision bf16); linearised `at` a reference
+        state h and the conv there: that conv plus the conv of the change (in s's dtype)."""
         # channels-last: ~20x faster max-pooling on CPU and the layout cuDNN prefers
         s_in = s_in.contiguous(memory_format=torch.channels_last)
-        if ref is not None:
-            change = F.conv2d(_low(s_in - ref.h, dt), _low(weight, dt), None, self.stride,
+        if at is not None:
+            h, value = at
+            change = F.conv2d(_low(s_in - h, dt), _low(weight, dt), None, self.stride,
                               self.padding)
-            return ref.up + change
+            return value + change
         return F.conv2d(_low(s_in, dt), _low(weight, dt), _low(bias, dt), self.stride,
                         self.padding)
 
@@ -249,17 +258,20 @@ class ConvPool(nn.Conv2d, Feedback, LowPrecision):
 
     def _conv_t(self, g: Tensor, ctx: tuple) -> Tensor:
         """conv_B^T(g) back to the input's size (in g's dtype)."""
-        in_shape, dt = ctx[2], self.compute_dtype
+        in_shape = ctx[2]
         k, st, p = self.kernel_size[0], self.stride[0], self.padding[0]
         extra = [in_shape[d] - ((g.shape[d] - 1) * st - 2 * p + k) for d in (-2, -1)]
-        return F.conv_transpose2d(g, _low(self.back, dt), None, st, p, output_padding=extra)
+        return F.conv_transpose2d(g, self.back.to(g.dtype), None, st, p, output_padding=extra)
 
     def linearisation(self, s_in: Tensor, s_out: Tensor) -> Linearisation:
-        c = self._conv(s_in, self.weight, self.bias, self.compute_dtype).to(s_in.dtype)
-        _, ctx = self.up(s_in)
+        """The products at (s_in, s_out) at the states' precision: exact at the reference,
+        with the routing the linearised step finds there."""
+        s_in = s_in.contiguous(memory_format=torch.channels_last)
+        c = self._conv(s_in, self.weight, self.bias)
+        routing = self._conv(s_in, self.feedback, None) if self.vf_routing else None
+        ctx = self.up(s_in, Linearisation(s_in, c, s_out, s_out, routing))[1]
         g = self.unpool(s_out, ctx)
-        return Linearisation(s_in.contiguous(memory_format=torch.channels_last), c, g,
-                             self.down(s_out, ctx).to(s_out.dtype))
+        return Linearisation(s_in, c, g, self._conv_t(g, ctx), routing)
 
     def weight_grad(self, s_in: Tensor, s_out: Tensor) -> list[Tensor]:
         """d<P(conv(s_in)), s_out>/d(W, b), summed over the batch."""
@@ -307,8 +319,9 @@ class Batch:
         betas = torch.full((2 * n,), beta, dtype=self.x.dtype, device=self.x.device)
         betas[n:] = -beta
         masks = self.masks and tuple(m if m is None else torch.cat([m, m]) for m in self.masks)
-        reference = self.reference and tuple(Linearisation(*(torch.cat([t, t]) for t in r))
-                                             for r in self.reference)
+        reference = self.reference and tuple(
+            Linearisation(*(None if t is None else torch.cat([t, t]) for t in r))
+            for r in self.reference)
         return Batch(*(torch.cat([t, t]) for t in (self.x, self.drive, self.target)), betas,
                      masks, reference)
 
@@ -392,9 +405,11 @@ class EnergyNet(nn.Module):
 
     def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
         """The dtype of the dynamics' convolutions and matrix products (--precision bf16);
-        None: the states' own. LCANet's sparse-coding layer stays at the states' dtype."""
+        None: the states' own. The first synapse stays at the states' dtype: its product is
+        the input drive, computed once per batch, and rounding it would shift every fixed
+        point (so does LCANet's sparse-coding layer, which is first)."""
         self.compute_dtype = dtype
-        for syn in self.synapses:
+        for syn in self.synapses[1:]:
             if isinstance(syn, LowPrecision):
                 syn.compute_dtype = dtype
 
@@ -524,10 +539,10 @@ class EnergyNet(nn.Module):
         return angles
 
     def linearised(self, batch: Batch, s: States) -> Batch:
-        """`batch` whose steps compute each product as its value at the states s plus the
-        product of the change since s (--precision bf16, for the nudged phases): near s the
-        change is small, so bfloat16 rounds it, not the whole field, and at s itself the step
-        is the plain one, bit for bit."""
+        """`batch` whose steps compute each product as its value at the states s, at the
+        states' precision, plus the product of the change since s (--precision bf16, for the
+        end of the free phase and the nudged phases): near s the change is small, so bfloat16
+        rounds it, not the whole field, and at s itself the step is the fp32 one."""
         s = self.visible(s)
         readers = s[:-1] if batch.masks is None else self.inputs(batch, s)[1:]
         return replace(batch, reference=tuple(
@@ -750,23 +765,34 @@ def update_rule_pre(model: EnergyNet, same_update: bool, s_free: States) -> Stat
     return s_free if model.has_feedback and not same_update else None
 
 
+BF16_ANCHORS = 4  # fewer leave some samples' free states 0.1-1 away from a fixed point
+
+
+def bf16_anchors(ph: Phases) -> list[int]:
+    """--precision bf16: how many free steps run from each reference state at the end of the
+    free phase (T2 apart, the last BF16_ANCHORS of them; the nudged phases use the last)."""
+    t2 = max(ph.T2, 1)
+    tail = min(BF16_ANCHORS * t2, ph.T1)
+    return ([tail % t2] if tail % t2 else []) + [t2] * (tail // t2)
+
+
 def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float = 1.0,
                  masks: Masks = None) -> States:
     """EP: free phase to s*, nudged phase(s) from s*, then the energy-difference gradient
     (with dropout `masks`, the same in every phase)."""
     beta = sign * ph.beta2
     # bf16: the nudge moves the states by less than bfloat16's rounding of a field, and that
-    # rounding leaves the free phase cycling around its fixed point; so the last T2 free
-    # steps and the nudged ones round only the change since the state T2 steps before s*
-    # (EnergyNet.linearised): they settle, and the nudge is kept
-    linearise = ph.explicit and model.compute_dtype is not None
-    last = min(ph.T2, ph.T1) if linearise else 0
+    # rounding keeps the free phase off any fixed point; so the last free steps and the
+    # nudged ones round only the change since a reference state whose products are exact
+    # (EnergyNet.linearised), taken anew every T2 steps: s* is then a fixed point of fp32's
+    # dynamics, and the nudge is kept
+    anchors = bf16_anchors(ph) if ph.explicit and model.compute_dtype is not None else []
     with torch.no_grad():
         batch = model.batch(x, y, ph.beta1, masks)  # the drive once: x is clamped throughout
-        s_free = relax(model, batch, model.init_states(x), ph.T1 - last, ph.explicit)
-        if linearise:
+        s_free = relax(model, batch, model.init_states(x), ph.T1 - sum(anchors), ph.explicit)
+        for steps in anchors:
             batch = model.linearised(batch, s_free)
-        s_free = relax(model, batch, s_free, last, ph.explicit)
+            s_free = relax(model, batch, s_free, steps)
         if ph.thirdphase:  # both nudged phases as one batch of 2B with beta = +beta2, -beta2
             nudged, start = batch.stacked(beta), map_states(lambda t: torch.cat([t, t]), s_free)
         else:
