@@ -188,9 +188,8 @@ class ConvPool(nn.Conv2d, Feedback, LowPrecision):
         c = self._conv(s_in, self.weight, self.bias, dt, None if ref is None else (ref.h, ref.up))
         out, ctx = self._pool(c, not self.vf_routing, s_in.shape, s_in.dtype)
         if self.vf_routing:
-            b = self._conv(s_in, self.feedback, None, dt,
-                           None if ref is None else (ref.h, ref.routing))
-            ctx = self._pool(b, True, s_in.shape, s_in.dtype)[1]
+            at = None if ref is None else (ref.h, ref.routing)
+            ctx = self._conv_pool(s_in, self.feedback, None, True, dt, at)[1]
         return out, ctx
 
     def feedback_up(self, s_in: Tensor) -> Tensor:
@@ -198,9 +197,11 @@ class ConvPool(nn.Conv2d, Feedback, LowPrecision):
         return self._conv_pool(s_in, self.back, None, False, self.compute_dtype)[0]
 
     def _conv_pool(self, s_in: Tensor, weight: Tensor, bias: Tensor | None,
-                   routing: bool = True, dt: torch.dtype | None = None) -> tuple[Tensor, tuple]:
+                   routing: bool = True, dt: torch.dtype | None = None,
+                   at: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple]:
         """P(conv_weight(s)) and, with `routing`, the max-pool arg-max that `unpool` needs."""
-        return self._pool(self._conv(s_in, weight, bias, dt), routing, s_in.shape, s_in.dtype)
+        return self._pool(self._conv(s_in, weight, bias, dt, at), routing, s_in.shape,
+                          s_in.dtype)
 
     def _conv(self, s_in: Tensor, weight: Tensor, bias: Tensor | None,
               dt: torch.dtype | None = None, at: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -265,11 +266,11 @@ class ConvPool(nn.Conv2d, Feedback, LowPrecision):
 
     def linearisation(self, s_in: Tensor, s_out: Tensor) -> Linearisation:
         """The products at (s_in, s_out) at the states' precision: exact at the reference,
-        with the routing the linearised step finds there."""
+        with the routing the linearised step finds there (the arg-max of these products)."""
         s_in = s_in.contiguous(memory_format=torch.channels_last)
         c = self._conv(s_in, self.weight, self.bias)
         routing = self._conv(s_in, self.feedback, None) if self.vf_routing else None
-        ctx = self.up(s_in, Linearisation(s_in, c, s_out, s_out, routing))[1]
+        ctx = self._pool(c if routing is None else routing, True, s_in.shape, s_in.dtype)[1]
         g = self.unpool(s_out, ctx)
         return Linearisation(s_in, c, g, self._conv_t(g, ctx), routing)
 
