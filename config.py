@@ -305,10 +305,10 @@ def check_vf_and_gdu(args: Namespace, typed: set[str]) -> None:
 
 def check_attack(args: Namespace, typed: set[str]) -> None:
     """--attack, --attack-norm and --eps fit each other; advtrain trains at one radius."""
-    from attack import ATTACKS, NORMS  # ART loads only where attacks are asked for
-
     if args.todo not in ("attack", "advtrain"):
         return
+    from attack import ATTACKS, NORMS  # ART takes 2 s to load: only where attacks are asked for
+
     for dest in ("attack_step", "predict_step", "train_attack_step"):
         if dest in typed and args.alg == "BP":
             raise FlagError(f"{flag(dest)}: a BP-trained model (--alg BP) predicts and is "

@@ -1,10 +1,13 @@
 """Bad input: one line naming the flag and the fix, exit code 2. --help lists every flag."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import main
-from helpers import TINY_MLP, cli
+from helpers import ROOT, TINY_MLP, cli
 
 CNN = ["--model", "CNN"]
 LCA = ["--model", "LCACNN"]
@@ -157,3 +160,13 @@ def test_help_lists_every_flag(capsys):
     out = capsys.readouterr().out
     for flag in SPEC_FLAGS:
         assert f"{flag} " in out or f"{flag}\n" in out, flag
+
+
+def test_a_training_run_does_not_load_art():
+    """ART takes seconds to import: only --todo attack and advtrain load it."""
+    code = ("import sys, config, main; args, typed = main.parse(sys.argv[1:]); "
+            "config.validate(args, typed); print('art' in sys.modules)")
+    for argv, loaded in ((["--todo", "train"], "False"), (["--todo", "advtrain"], "True")):
+        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True,
+                             text=True, cwd=ROOT, check=True).stdout
+        assert out.split()[-1] == loaded, argv
