@@ -5,10 +5,11 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gdu import gdu_check
 from helpers import cli, only_run_dir, weights
-from model_utils import (LCAConfig, LowPrecision, Phases, bf16_anchors, bptt_gradients,
+from model_utils import (ConvPool, LCAConfig, LowPrecision, Phases, bf16_anchors, bptt_gradients,
                          build_cnn, build_lcanet, build_mlp, energy_gradients, ep_gradients,
                          flat_states, relax, set_precision)
 
@@ -53,6 +54,22 @@ def test_bf16_field_is_fp32_within_bf16_rounding(name):
     assert max(errors) < 2e-2  # bfloat16 has an 8-bit mantissa: ~0.4% per product
     # the input drive stays fp32: a model whose energy has one synapse has fp32's field
     assert (max(errors) > 0) == (len(bf16.energy_synapses) > 1), errors
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(5, 1, 0), (3, 1, 1), (3, 1, 2), (3, 2, 1)])
+def test_bf16_top_down_conv_is_the_transposed_conv(kernel, stride, padding):
+    """In bf16 a stride-1 top-down term runs as a conv with flipped kernels: the same sum."""
+    torch.manual_seed(0)
+    syn = ConvPool(3, 4, kernel, stride, padding, "m")
+    h = torch.rand(2, 3, 11, 11)
+    g = torch.randn_like(syn._conv(h, syn.weight, syn.bias))
+    ctx = (None, g.shape, h.shape)
+    exact = F.conv_transpose2d(g.double(), syn.weight.double(), None, stride, padding,
+                               output_padding=11 - ((g.shape[-1] - 1) * stride - 2 * padding
+                                                    + kernel))
+    low = syn._conv_t(g.bfloat16(), ctx)
+    assert low.dtype == torch.bfloat16 and low.shape == h.shape
+    assert ((low.double() - exact).norm() / exact.norm()).item() < 1e-2
 
 
 def test_only_the_synapses_that_compute_in_bf16_are_switched():
