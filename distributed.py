@@ -34,8 +34,13 @@ def init() -> torch.device:
     return torch.device("cpu")
 
 
-def close() -> None:
+def close(wait: bool = False) -> None:
+    """Leave the process group; with `wait` (after a normal end) once every process is done:
+    gloo can abort a process whose connections another tears down while it still reads them.
+    Not after an error, where another process may never come."""
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

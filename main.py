@@ -454,7 +454,9 @@ def start_processes(args: argparse.Namespace, typed: set[str]) -> torch.device:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        return run(argv)
+        code = run(argv)
+        distributed.close(wait=True)
+        return code
     except UsageError as e:
         if distributed.is_main():  # every process checks alike: one copy of the line
             print(f"main.py: error: {e}", file=sys.stderr)
