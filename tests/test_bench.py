@@ -3,13 +3,14 @@ reference's states there."""
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
 import bench
 import bench_gpu
-from helpers import ROOT
+from helpers import ROOT, TINY_MLP, only_run_dir, weights
 
 
 def test_benchmark_runs_and_paths_agree(monkeypatch):
@@ -59,3 +60,21 @@ def test_gpu_benchmark_script_runs_on_the_cpu():
     assert bound["fp32"]["step_gflop_per_image"] == pytest.approx(0.642, rel=0.01)
     assert bound["bf16"]["bound_s"] < bound["fp32"]["bound_s"]
     assert "| bf16 |" in done.stdout.split("| precision | GFLOP")[1]
+
+
+
+def test_free_noise_experiment_perturbs_only_the_early_free_steps(tmp_path):
+    """check/free_noise.py: noise changes the weights a run learns; with as many clean steps
+    as free ones (T1 5) it is main.py itself, bit for bit."""
+    def trained(script: str, clean: str = "5") -> dict:
+        out = tmp_path / f"{Path(script).stem}-{clean}"
+        env = {**os.environ, "NOISE": "0.01", "CLEAN": clean, "OMP_NUM_THREADS": "1"}
+        subprocess.run(["python", script, *TINY_MLP, "--epochs", "1", "--save",
+                        "--results-dir", str(out)], cwd=ROOT, env=env, check=True,
+                       capture_output=True)
+        return weights(only_run_dir(out) / "model.pt")
+
+    plain = trained("main.py")
+    assert all(torch.equal(plain[k], v) for k, v in trained("check/free_noise.py").items())
+    assert any(not torch.equal(plain[k], v)
+               for k, v in trained("check/free_noise.py", "2").items())
