@@ -113,3 +113,22 @@ def test_what_torchrun_cannot_run_fails_in_one_line(extra, message):
     assert done.returncode != 0
     lines = [ln for ln in done.stderr.splitlines() if ln.startswith("main.py: error")]
     assert len(lines) == 1 and message in lines[0]
+
+
+def test_a_process_that_ends_normally_leaves_when_another_has_failed(tmp_path):
+    """close(wait=True) waits for every process, but not for one that failed after the last
+    collective: rank 1 leaves without a traceback, rank 0's own error is the one reported."""
+    script = tmp_path / "ends.py"
+    script.write_text(
+        "import sys\nimport torch.distributed as dist\nimport distributed\n"
+        "dist.init_process_group('gloo')\n"
+        "if dist.get_rank() == 0:\n"
+        "    dist.destroy_process_group()\n"
+        "    sys.exit('rank 0 failed')\n"
+        "distributed.close(wait=True)\nprint('rank 1 left')\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "rank 0 failed" in done.stderr
+    assert "rank 1 left" in done.stdout and "[rank1]" not in done.stderr, done.stderr[-2000:]
