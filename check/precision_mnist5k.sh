@@ -5,7 +5,8 @@
 # with 3x its lrs for 10 epochs; then the test accuracies side by side (BENCHMARKS.md has a
 # run). About 4 hours on one core. `precisions=bf16 lines=cnn3x seeds="0 1"` runs a part
 # (one process per core: OMP_NUM_THREADS=1); the table covers whatever $OUT holds.
-# `precisions=noise` trains in fp32 with noisy early free phases (check/free_noise.py).
+# `precisions=noise` trains in fp32 with noisy early free phases (check/free_noise.py; the
+# MLP, whose T1 is 30, with 10 clean steps at the end instead of 40).
 set -e
 out=${OUT:-results/precision}
 cnn="--model CNN --task MNIST5K --channels 32 64 --kernels 5 5 --pools mm --strides 1 1 --fc 10 --optim adam --act hard_sigmoid --betas 0.0 0.4 --T1 200 --T2 10 --mbs 100"
@@ -18,7 +19,7 @@ for precision in ${precisions:-fp32 bf16}; do
   entry=main.py
   [ "$precision" = noise ] && entry=check/free_noise.py
   for seed in ${seeds:-0 1 2}; do
-    run mlp --model MLP --task MNIST5K --archi 784 512 10 --optim adam --lrs 5e-4 5e-4 --epochs 3 --act mysig --betas 0.0 0.1 --T1 30 --T2 10 --mbs 50 --seed $seed --precision ${precision/noise/fp32}
+    CLEAN=${CLEAN:-10} run mlp --model MLP --task MNIST5K --archi 784 512 10 --optim adam --lrs 5e-4 5e-4 --epochs 3 --act mysig --betas 0.0 0.1 --T1 30 --T2 10 --mbs 50 --seed $seed --precision ${precision/noise/fp32}
     run cnn $cnn --lrs 5e-5 1e-5 8e-6 --epochs 3 --seed $seed --precision ${precision/noise/fp32}
     run cnn10x $cnn --lrs 5e-4 1e-4 8e-5 --epochs 5 --seed $seed --precision ${precision/noise/fp32}
     run cnn3x $cnn --lrs 1.5e-4 3e-5 2.4e-5 --epochs 10 --seed $seed --precision ${precision/noise/fp32}

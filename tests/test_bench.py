@@ -3,6 +3,7 @@ reference's states there."""
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,13 +64,13 @@ def test_gpu_benchmark_script_runs_on_the_cpu():
 
 
 
-def test_free_noise_experiment_perturbs_only_the_early_free_steps(tmp_path):
+def test_free_noise_experiment_changes_a_run_only_through_its_noisy_steps(tmp_path):
     """check/free_noise.py: noise changes the weights a run learns; with as many clean steps
     as free ones (T1 5) it is main.py itself, bit for bit."""
     def trained(script: str, clean: str = "5") -> dict:
         out = tmp_path / f"{Path(script).stem}-{clean}"
         env = {**os.environ, "NOISE": "0.01", "CLEAN": clean, "OMP_NUM_THREADS": "1"}
-        subprocess.run(["python", script, *TINY_MLP, "--epochs", "1", "--save",
+        subprocess.run([sys.executable, script, *TINY_MLP, "--epochs", "1", "--save",
                         "--results-dir", str(out)], cwd=ROOT, env=env, check=True,
                        capture_output=True)
         return weights(only_run_dir(out) / "model.pt")
