@@ -5,6 +5,7 @@ completes, and the run that was killed 20 times ends bit for bit where an uninte
 ends (weights and metrics)."""
 
 import csv
+import os
 import random
 import signal
 import subprocess
@@ -15,13 +16,13 @@ import torch
 
 from helpers import ROOT, TINY_MLP, assert_same_weights, cli, metrics, only_run_dir, weights
 
-ARGV = TINY_MLP + ["--random-sign", "--data-aug", "--seed", "5", "--epochs", "12", "--save"]
+ARGV = TINY_MLP + ["--random-sign", "--data-aug", "--seed", "5", "--epochs", "30", "--save"]
 
 
 def import_seconds() -> float:
     """How long main.py takes to start here (its imports): the kills are timed in its units,
-    so that each process dies around its start-up or first epochs on a fast machine or a slow
-    one, and 20 kills never outlast the run."""
+    so that each process dies around its start-up or first epoch on a fast machine or a slow
+    one."""
     start_time = time.time()
     subprocess.run([sys.executable, "main.py", "--help"], cwd=ROOT, capture_output=True,
                    check=True)
@@ -30,14 +31,28 @@ def import_seconds() -> float:
 
 def start(argv, log):
     return subprocess.Popen([sys.executable, "main.py", *map(str, argv)], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # epoch lines at once
+
+
+def kill_soon(proc, log_path, delay: float) -> None:
+    """SIGKILL after `delay` seconds, or as soon as the process reports an epoch finished:
+    each life adds at most one epoch, so 20 kills never outlast the 30 epochs of the run."""
+    seen = len(epoch_lines(log_path))
+    deadline = time.time() + delay
+    while time.time() < deadline and proc.poll() is None and len(epoch_lines(log_path)) == seen:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+
+
+def epoch_lines(log_path) -> list[str]:
+    return [ln for ln in log_path.read_text(errors="replace").splitlines()
+            if ln.startswith("epoch ") and ": train " in ln]
 
 
 def reported_epochs(log_path) -> int:
     """The last epoch the run printed as finished (it prints once the checkpoint is written)."""
-    lines = [ln for ln in log_path.read_text(errors="replace").splitlines()
-             if ln.startswith("epoch ") and ": train " in ln]
-    return max((int(ln.split()[1].rstrip(":")) for ln in lines), default=0)
+    return max((int(ln.split()[1].rstrip(":")) for ln in epoch_lines(log_path)), default=0)
 
 
 def check_files(run) -> int:
@@ -67,8 +82,7 @@ def test_twenty_kills_then_the_same_run(tmp_path):
                     else ["--todo", "train", "--load-path", run])
             proc = start(argv, log)
             if kills < 20:
-                time.sleep(rng.uniform(0.3, 1.6) * unit)
-                proc.send_signal(signal.SIGKILL)
+                kill_soon(proc, log_path, rng.uniform(0.3, 1.6) * unit)
             rc = proc.wait()
         runs = [p for p in (tmp_path / "b").glob("*/*/*/*") if p.is_dir()]
         run = runs[0] if runs else None
