@@ -269,7 +269,7 @@ class ConvPool(nn.Conv2d, Feedback, LowPrecision):
         k, st, p = self.kernel_size[0], self.stride[0], self.padding[0]
         if g.dtype != self.back.dtype and st == 1 and p < k:
             # the same sum as the conv of g with B's flipped kernels, which oneDNN runs faster
-            flipped = self.back.flip(-2, -1).transpose(0, 1).to(g.dtype)
+            flipped = self.back.to(g.dtype).flip(-2, -1).transpose(0, 1)
             return F.conv2d(g, flipped, None, 1, k - 1 - p)
         extra = [in_shape[d] - ((g.shape[d] - 1) * st - 2 * p + k) for d in (-2, -1)]
         return F.conv_transpose2d(g, self.back.to(g.dtype), None, st, p, output_padding=extra)

@@ -43,7 +43,7 @@ def relax(model: model_utils.EnergyNet, batch: model_utils.Batch, s: model_utils
     """A training free phase (a target, beta 0, not linearised, more than CLEAN steps) runs
     its first steps noisy; BPTT's T2 steps with a graph only if T2 > CLEAN."""
     free = (batch.target is not None and batch.reference is None
-            and not isinstance(batch.beta, torch.Tensor) and batch.beta == 0)
+            and model_utils._is_zero(batch.beta))
     if free and steps > CLEAN:
         for _ in range(steps - CLEAN):
             s = noisy_step(model, batch, s)

@@ -63,7 +63,6 @@ def test_gpu_benchmark_script_runs_on_the_cpu():
     assert "| bf16 |" in done.stdout.split("| precision | GFLOP")[1]
 
 
-
 def test_free_noise_experiment_changes_a_run_only_through_its_noisy_steps(tmp_path):
     """check/free_noise.py: noise changes the weights a run learns; with as many clean steps
     as free ones (T1 5) it is main.py itself, bit for bit."""
