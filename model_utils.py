@@ -684,12 +684,13 @@ def graphed_step(model: EnergyNet, batch: Batch, s: States) -> States:
 
 def step_function(model: EnergyNet, explicit: bool = True):
     """The step `relax` iterates: the explicit one (through torch.compile with `model.compiled`,
-    as CUDA graphs on a GPU) or the autograd reference."""
+    as CUDA graphs on a GPU where autograd is off) or the autograd reference."""
     if not explicit:
         return functools.partial(autograd_step, model)
     if not model.compiled:
         return model.step
-    if next(model.parameters()).is_cuda:
+    # each replay frees what the previous one returned, what autograd saved for backward too
+    if next(model.parameters()).is_cuda and not torch.is_grad_enabled():
         return functools.partial(graphed_step, model)
     return functools.partial(compiled_step(None), model)
 

@@ -1,13 +1,17 @@
 """--compile: the phase loops step through torch.compile, with the eager loop's states and
 gradients (to float rounding), on the CPU here and as CUDA graphs on a GPU."""
 
+import functools
+
 import pytest
 import torch
 from torch._inductor import config as inductor_config
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from helpers import TINY_MLP, cli, only_run_dir, weights
-from model_utils import (Phases, bptt_gradients, build_cnn, build_mlp, ep_gradients, flat_states,
-                         free_phase, graphed_step, set_precision)
+from model_utils import (Phases, bptt_gradients, build_cnn, build_mlp, compiled_step,
+                         ep_gradients, flat_states, free_phase, graphed_step, set_precision,
+                         step_function)
 
 
 def models() -> dict:
@@ -55,6 +59,28 @@ def test_the_cuda_graph_step_loop():
         for _ in range(6):
             eager, graphed = model.step(batch, eager), graphed_step(model, batch, graphed)
     close(flat_states(eager), flat_states(graphed))
+
+
+def test_cuda_graphs_only_where_autograd_is_off():
+    """A CUDA graph's replay frees what the previous replay returned, including what autograd
+    saved for backward: BPTT's steps and an attack's unroll step compiled, not graphed. The
+    model's weights are fake CUDA tensors (no GPU needed to see the choice)."""
+    model = build_mlp([784, 20, 10], "mysig", "mse", False)
+    with FakeTensorMode():
+        for syn in model.synapses:
+            syn.weight = torch.nn.Parameter(torch.empty(syn.weight.shape, device="cuda"))
+    model.compiled = True
+    assert next(model.parameters()).is_cuda
+    with torch.no_grad():
+        graphed = step_function(model)
+    with torch.enable_grad():
+        differentiable = step_function(model)
+    assert isinstance(graphed, functools.partial) and graphed.func is graphed_step
+    assert differentiable.func is compiled_step(None)
+    cpu = models()["MLP"]
+    cpu.compiled = True
+    with torch.no_grad():
+        assert step_function(cpu).func is compiled_step(None)  # CUDA graphs are CUDA only
 
 
 def test_compiled_training_run_equals_eager(tmp_path, capsys):
