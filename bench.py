@@ -57,15 +57,19 @@ def trainer_for(args, variant: str, data, device) -> Trainer:
     return Trainer(config.build_model(args).to(device), *data, args, None)
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the GPU `device` (not the current one: with cuda:1 that is another GPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_batch(trainer: Trainer, x, y) -> float:
     """Seconds of one training batch: phases, gradients, optimizer step."""
-    if x.is_cuda:
-        torch.cuda.synchronize()
+    sync(x.device)
     t0 = time.perf_counter()
     trainer.train_batch(x, y)
     trainer.optimizer.step()
-    if x.is_cuda:
-        torch.cuda.synchronize()
+    sync(x.device)
     return time.perf_counter() - t0
 
 
@@ -121,12 +125,12 @@ def lca_costs(repeats: int, device: torch.device) -> dict:
     s = free_phase(model, x, args.T1)
     field = model.field(batch, model.visible(s))[0]
     code = copy.copy(model.neurons[0])
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     per_iters = {}
     for code.iters in (1, 11):
-        per_iters[code.iters] = median_ms(lambda: (code.update(field, s[0]), sync()), repeats)
+        per_iters[code.iters] = median_ms(lambda: (code.update(field, s[0]), sync(device)),
+                                          repeats)
     lca_ms = (per_iters[11] - per_iters[1]) / 10
-    step_ms = median_ms(lambda: (model.step(batch, s), sync()), repeats)
+    step_ms = median_ms(lambda: (model.step(batch, s), sync(device)), repeats)
     return {"lca_ms": lca_ms, "step_ms": step_ms, "share": lca_ms / step_ms, "mbs": args.mbs}
 
 
@@ -138,7 +142,6 @@ def unroll_costs(repeats: int, device: torch.device, batch: int = 20) -> list[di
     from attack import frozen
 
     x = load_task("MNIST5K", "", device)[1].x[:batch]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows = []
     for name, script in list(LINES.items())[:2]:
         args = published_args(script, ["--device", "0"])
@@ -150,7 +153,7 @@ def unroll_costs(repeats: int, device: torch.device, batch: int = 20) -> list[di
         def gradient(net):
             xg = x.clone().requires_grad_()
             torch.autograd.grad(net(xg).logsumexp(1).sum(), xg)
-            sync()
+            sync(device)
 
         times = {budget: [] for budget in nets}
         with frozen(model):

@@ -28,8 +28,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import config
 import distributed
-from bench import published_args
+from bench import published_args, sync
 from data_utils import Split, batches
+from main import set_deterministic
 from model_utils import energy_gradients, map_states, relax
 from trainer import EVAL_MBS, Trainer, evaluate_split
 
@@ -43,8 +44,9 @@ HBM_BYTES_PER_S = 3.35e12
 LAUNCH_S = 5e-6  # host time per eager kernel launch (what a CUDA graph replay saves)
 
 
-def line_args(precision: str, compile_: bool, tiny: bool):
+def line_args(precision: str, compile_: bool, tiny: bool, deterministic: bool = False):
     extra = ["--precision", precision, "--compile" if compile_ else "--no-compile"]
+    extra += ["--deterministic"] if deterministic else []
     return published_args(LINE, extra + (TINY if tiny else []), task="CIFAR10")
 
 
@@ -53,11 +55,6 @@ def synthetic(n: int, device: torch.device, seed: int) -> Split:
     gen = torch.Generator(device=device).manual_seed(seed)
     return Split(torch.randn(n, 3, 32, 32, generator=gen, device=device),
                  torch.randint(0, 10, (n,), generator=gen, device=device))
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(args, device: torch.device, n_batches: int, warmup: int) -> dict:
@@ -88,6 +85,11 @@ def measure(args, device: torch.device, n_batches: int, warmup: int) -> dict:
     return {"train_ms": 1e3 * train_s, "eval_ms": 1e3 * eval_s, "epoch_s": epoch_s}
 
 
+# arguments whose data a kernel never reads (only their shape): max-pool's backward, our
+# un-pooling, reads the pooled values and the arg-max, not the pre-pool input
+SHAPE_ONLY = {torch.ops.aten.max_pool2d_with_indices_backward.default: 1}
+
+
 class TrafficMode(TorchDispatchMode):
     """Bytes read and written by every operation that is not a view (no fusion assumed)."""
 
@@ -99,8 +101,9 @@ class TrafficMode(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         if not func.is_view:
             self.ops += 1
+            read = [a for i, a in enumerate(args) if i != SHAPE_ONLY.get(func)]
             self.bytes += sum(t.numel() * t.element_size()
-                              for t in pytree.tree_leaves((args, kwargs, out))
+                              for t in pytree.tree_leaves((read, kwargs, out))
                               if isinstance(t, torch.Tensor))
         return out
 
@@ -158,6 +161,8 @@ def cli() -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--batches", type=int, default=10, help="batches timed")
     p.add_argument("--warmup", type=int, default=3, help="batches before the timing")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms only (main.py --deterministic)")
     p.add_argument("--tiny", action="store_true", help="a tiny network: the CPU self-check")
     p.add_argument("--roofline", action="store_true", help="print the bound and exit")
     a = p.parse_args()
@@ -168,13 +173,16 @@ def cli() -> None:
         "cuda" if torch.cuda.is_available() else "cpu")
     processes = distributed.world_size()
     try:
-        r = measure(line_args(a.precision, a.compile, a.tiny), device, a.batches, a.warmup)
+        args = line_args(a.precision, a.compile, a.tiny, a.deterministic)
+        set_deterministic(args.deterministic)
+        r = measure(args, device, a.batches, a.warmup)
     finally:
         distributed.close()
     if distributed.is_main():
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         print(f"| {processes} x {name} | {a.precision}"
-              f"{' compiled' if a.compile else ''} | {r['train_ms']:.1f} | {r['eval_ms']:.1f} | "
+              f"{' compiled' if a.compile else ''}{' deterministic' if a.deterministic else ''}"
+              f" | {r['train_ms']:.1f} | {r['eval_ms']:.1f} | "
               f"{r['epoch_s']:.1f} | {PUBLISHED_EPOCH_S / r['epoch_s']:.2f}x |")
 
 

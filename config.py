@@ -115,11 +115,12 @@ def entries(args: Namespace, dest: str) -> list:
 
 
 def from_saved(args: Namespace, typed: set[str], saved: dict) -> dict:
-    """The saved run's values that a resume uses: all but the typed ones it does not fix, and
-    the attack flags only to resume advtrain (an attack takes its own, not the training's)."""
+    """The saved run's values that a resume uses: all but the typed ones it does not fix, the
+    attack flags only to resume advtrain (an attack takes its own, not the training's), and
+    never --device (the machine that resumes may have other GPUs, or none)."""
     known = vars(args)
     return {k: v for k, v in saved.items() if k in known and (k not in typed or k in SAVED_KEYS)
-            and (k not in ATTACK_FLAGS or args.todo == "advtrain")}
+            and (k not in ATTACK_FLAGS or args.todo == "advtrain") and k != "device"}
 
 
 def merge_saved(args: Namespace, typed: set[str], saved: dict) -> Namespace:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import distributed
 from errors import UsageError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -80,20 +81,26 @@ def mnist5k(device: torch.device) -> tuple[Split, Split]:
 
 
 def torchvision_task(task: str, data_dir: str, device: torch.device) -> tuple[Split, Split]:
-    """A torchvision dataset, downloaded (checksummed) into data_dir unless already there."""
+    """A torchvision dataset, downloaded (checksummed) into data_dir unless already there
+    (under torchrun by rank 0 alone, before the others read it)."""
     import torchvision
 
     cls = getattr(torchvision.datasets, TASKS[task][2])
-    splits = []
-    for train in (True, False):
-        try:
-            ds = cls(data_dir, train=train, download=True)
-        except Exception as e:  # no network, bad checksum, unwritable folder: one line for all
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise UsageError(f"--task {task}: cannot load it from --data-dir {data_dir} "
-                             f"({reason}); without a network use --task MNIST5K") from None
-        splits.append(to_split(ds.data, ds.targets, task, device))
-    return splits[0], splits[1]
+
+    def load(download: bool) -> list[Split]:
+        splits = []
+        for train in (True, False):
+            try:
+                ds = cls(data_dir, train=train, download=download)
+            except Exception as e:  # no network, bad checksum, unwritable folder: one line
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise UsageError(f"--task {task}: cannot load it from --data-dir {data_dir} "
+                                 f"({reason}); without a network use --task MNIST5K") from None
+            splits.append(to_split(ds.data, ds.targets, task, device))
+        return splits
+
+    train_split, test_split = distributed.main_first(load, device)
+    return train_split, test_split
 
 
 def load_task(task: str, data_dir: str, device: torch.device) -> tuple[Split, Split]:

@@ -11,11 +11,14 @@ In one process every function here is a no-op.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from errors import UsageError
 
 
 def launched() -> bool:
@@ -29,9 +32,48 @@ def init() -> torch.device:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
+        check_same_gpus(device)
         return device
     dist.init_process_group("gloo")
     return torch.device("cpu")
+
+
+def gpu_model(device: torch.device) -> int:
+    """A number for the GPU's model: its multiprocessor count and a hash of its name."""
+    props = torch.cuda.get_device_properties(device)
+    name = int.from_bytes(hashlib.sha256(props.name.encode()).digest()[:4], "little")
+    return (props.multi_processor_count << 32) | name
+
+
+def check_same_gpus(device: torch.device) -> None:
+    """Every process on the same GPU model, or a UsageError in all of them: CUDA's random
+    kernels size their grids by the multiprocessor count, so other models draw other batch
+    orders, augmentations and dropout masks from the same seed, and the processes diverge."""
+    model = torch.tensor([gpu_model(device)], dtype=torch.int64, device=device)
+    low, high = model.clone(), model.clone()
+    dist.all_reduce(low, dist.ReduceOp.MIN)
+    dist.all_reduce(high, dist.ReduceOp.MAX)
+    if low.item() != high.item():
+        raise UsageError(f"the {world_size()} processes run on different GPU models (this one: "
+                         f"{torch.cuda.get_device_name(device)}), whose random numbers differ "
+                         "for the same seed; start the job on GPUs of one model")
+
+
+def main_first(load, device: torch.device):
+    """load(download=True) on rank 0, then load(download=False) on the others, which read what
+    it wrote (several processes must not write one dataset at once); a UsageError of rank 0's
+    stops every process."""
+    if world_size() == 1:
+        return load(True)
+    failed = None
+    if is_main():
+        try:
+            result = load(True)
+        except UsageError as e:
+            failed = e
+    if all_sum(torch.tensor([float(failed is not None)], device=device)).item():
+        raise failed or UsageError("rank 0 could not load the data set")  # only rank 0 prints
+    return result if is_main() else load(False)
 
 
 def close(wait: bool = False) -> None:

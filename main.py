@@ -35,6 +35,9 @@ from trainer import Trainer, evaluate_split  # noqa: E402
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+NONDETERMINISTIC = "does not have a deterministic implementation"  # torch's words
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Show a flag's default when it has one that the help text does not already give."""
 
@@ -146,7 +149,11 @@ def build_parser() -> Parser:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="seed of init, data order, random sign")
     g.add_argument("--device", type=int, default=None,
-                   help="GPU index (CPU with a notice when there is none)")
+                   help="GPU index (CPU with a notice when there is none; a resume does not "
+                   "inherit it)")
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
+                   help="deterministic algorithms only (cuDNN's and cuBLAS's too): on a GPU, "
+                   "the same run and its resume bit for bit, at some speed")
     g.add_argument("--save", action="store_true", help="write a results folder")
     g.add_argument("--load-path", default=None,
                    help="results folder to resume (train) or evaluate; its saved arguments "
@@ -225,6 +232,14 @@ def check_saved_types(saved: dict, where: str) -> None:
             what = f"a list of {names[kind][1]}" if many else names[kind][0]
             raise UsageError(f"{where}: the saved {action.option_strings[0]} {value!r} is damaged "
                              f"(not {what}); use another run folder")
+
+
+def set_deterministic(on: bool) -> None:
+    """--deterministic: only deterministic algorithms (cuDNN's convolutions too; on the CPU ours
+    already are). cuBLAS needs a fixed workspace for that, set before its first use."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
 
 
 def pick_device(index: int | None) -> torch.device:
@@ -417,6 +432,7 @@ def run(argv: list[str]) -> int:
             from_checkpoint = config.checkpoint_keys(args, typed, ckpt["args"])
             args = config.merge_saved(args, typed, ckpt["args"])
     config.validate(args, typed, from_checkpoint)
+    set_deterministic(args.deterministic)
     device = start_processes(args, typed) if distributed.launched() else pick_device(args.device)
     if args.precision == "tf32" and device.type != "cuda":
         print("notice: --precision tf32 changes CUDA arithmetic only; on the CPU it is fp32")
@@ -467,6 +483,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # disk full, permissions: files already written stay as they were
         print(f"main.py: error: {e}", file=sys.stderr)
         return 1
+    except RuntimeError as e:
+        if NONDETERMINISTIC not in str(e):
+            raise
+        print(f"main.py: error: --deterministic: {str(e).split()[0]} {NONDETERMINISTIC} on "
+              "this device; run without --deterministic", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("main.py: aborted (checkpoints already written are kept)", file=sys.stderr)
         return 130

@@ -238,13 +238,17 @@ class ConvPool(nn.Conv2d, Feedback, LowPrecision):
             out = c
         # a 1-channel input is ambiguous about layout, so fix the output's explicitly
         out = out.to(dtype).contiguous(memory_format=torch.channels_last)
-        return out, (indices, c.shape, in_shape)
+        return out, (indices, c.detach(), in_shape)
 
     def unpool(self, s_out: Tensor, ctx: tuple) -> Tensor:
         """The adjoint of the pooling at the state that gave `ctx` (arg-max routing for max)."""
-        indices, c_shape, _ = ctx
+        indices, c, _ = ctx
+        c_shape = c.shape
         if self.pool == "m":
-            return F.max_unpool2d(s_out, indices, 2, output_size=c_shape[-2:])
+            # max-pool's backward is this routing too (bit for bit), with a deterministic
+            # kernel on CUDA, where max_unpool2d has none (--deterministic would refuse it)
+            return torch.ops.aten.max_pool2d_with_indices_backward(
+                s_out, c, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
         if self.pool == "a":
             # spread each value over its 2x2 window (zeros for an odd last row or column)
             g = s_out.repeat_interleave(2, -2).repeat_interleave(2, -1) / 4

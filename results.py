@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+from torch.utils._pytree import tree_map_only
 
 from errors import UsageError
 from published import published_checkpoint
@@ -67,8 +68,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_save(obj: object, path: Path) -> None:
+    """torch.save with every tensor on the CPU: a GPU run's files load on any machine."""
     buf = io.BytesIO()
-    torch.save(obj, buf)
+    torch.save(tree_map_only(torch.Tensor, lambda t: t.cpu(), obj), buf)
     atomic_write_bytes(path, buf.getvalue())
 
 

@@ -6,6 +6,7 @@ data generator and, after Ctrl-C, the position inside the epoch) is in checkpoin
 
 from __future__ import annotations
 
+import hashlib
 import math
 import signal
 import sys
@@ -100,6 +101,26 @@ def evaluate_split(model: EnergyNet, data: Split, alg: str, T1: int, explicit: b
     return {key: value / len(data) for key, value in zip(keys, totals)}
 
 
+# the size of a generator's state on each device type (torch.Generator.get_state())
+GENERATOR_STATE_BYTES = {"cpu": 5056, "cuda": 16}
+
+
+def restore_generator(gen: torch.Generator, state: Tensor) -> None:
+    """gen <- a saved state; a state of the other device type (a run resumed from the CPU on a
+    GPU or back) seeds gen from its bytes instead: deterministic, but a new sequence."""
+    size = GENERATOR_STATE_BYTES.get(gen.device.type)
+    saved_on = [d for d, n in GENERATOR_STATE_BYTES.items() if n == state.numel() != size]
+    if not (saved_on and state.dtype == torch.uint8):
+        gen.set_state(state)
+        return
+    digest = hashlib.sha256(state.numpy().tobytes()).digest()
+    gen.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    tqdm.write(f"notice: the run was saved on a {saved_on[0].upper()} device and resumes on a "
+               f"{gen.device.type.upper()} device: its data generator is seeded anew from the "
+               "saved state, so the batch order, augmentation and dropout masks from here on "
+               "differ from an uninterrupted run's")
+
+
 @dataclass
 class Cursor:
     """Where an interrupted epoch stands: its sample order, samples done and running sums."""
@@ -163,7 +184,7 @@ class Trainer:
                                  f"{len(self.history['epoch'])} epochs")
             part = "data generator state"
             if not published:
-                self.gen.set_state(ckpt["gen"])
+                restore_generator(self.gen, ckpt["gen"])
             part = "position inside the epoch"
             self.cursor = self.checked_cursor(ckpt["cursor"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
@@ -252,46 +273,48 @@ class Trainer:
             perm = torch.randperm(n, generator=self.gen, device=self.train.x.device)
             self.cursor = Cursor(perm)
         cur = self.cursor
-        params = list(self.model.parameters())
         start_time = time.time() - cur.seconds
         done = cur.seen // self.args.mbs
-        bar = tqdm(total=num_batches(n, self.args.mbs), initial=done, unit="batch",
-                   desc=f"epoch {self.epoch + 1}/{total_epochs}", dynamic_ncols=True, leave=False,
-                   mininterval=0.5 if sys.stderr.isatty() else 30,
-                   disable=not distributed.is_main())
         stream = batches(self.train, self.args.mbs, cur.perm, cur.seen, self.args.data_aug,
                          self.gen)
-        for b, (x, y) in enumerate(stream, done):
-            total = len(y)
-            x, y, s = self.train_batch(x, y)
-            self.optimizer.step()
-            self.model.after_update(x, s, distributed.all_sum, total)
-            with torch.no_grad():  # one device sync per batch: the stats and a finiteness check
-                weight_sum = torch.stack([p.sum() for p in params]).sum()
-                loss = self.model.loss(s, self.model.one_hot(y, x)).sum()
-                correct = (self.model.logits(s).argmax(1) == y).sum()
-                # summed over the processes, with whether any of them was asked to stop
-                stop = loss.new_tensor(float(self.stop_requested))
-                stats = distributed.all_sum(torch.stack([correct.to(loss), loss,
-                                                         weight_sum.to(loss), stop])).tolist()
-            self.stop_requested = stats[3] > 0
-            if not all(map(math.isfinite, stats)):
-                bar.close()
-                raise Diverged(f"NaN or inf in the states or weights at epoch {self.epoch + 1}, "
-                               f"batch {b + 1}: lower --lrs (or --betas{self.lca_hint()})"
-                               f"{self.files_kept()}")
-            if self.args.check_thm and b % max(1, num_batches(n, self.args.mbs) // 10) == 0:
-                cur.gdu_rmse.append(self.check_theorem(x, y))
-            cur.seen += total
-            cur.correct += stats[0]
-            cur.loss_sum += stats[1]
-            cur.seconds = time.time() - start_time
-            self.last_free_states = s
-            bar.update()
-            bar.set_postfix(acc=f"{100 * cur.correct / cur.seen:.2f}%", refresh=False)
-            if self.stop_requested:
-                break
-        bar.close()
+        with tqdm(total=num_batches(n, self.args.mbs), initial=done, unit="batch",
+                  desc=f"epoch {self.epoch + 1}/{total_epochs}", dynamic_ncols=True, leave=False,
+                  mininterval=0.5 if sys.stderr.isatty() else 30,
+                  disable=not distributed.is_main()) as bar:  # cleared before an error's line
+            for b, (x, y) in enumerate(stream, done):
+                self.fit_batch(b, x, y)
+                cur.seconds = time.time() - start_time
+                bar.update()
+                bar.set_postfix(acc=f"{100 * cur.correct / cur.seen:.2f}%", refresh=False)
+                if self.stop_requested:
+                    break
+
+    def fit_batch(self, b: int, x: Tensor, y: Tensor) -> None:
+        """Batch b of the epoch: its gradients, the optimizer step, and its statistics."""
+        cur, total = self.cursor, len(y)
+        x, y, s = self.train_batch(x, y)
+        self.optimizer.step()
+        self.model.after_update(x, s, distributed.all_sum, total)
+        with torch.no_grad():  # one device sync per batch: the stats and a finiteness check
+            weight_sum = torch.stack([p.sum() for p in self.model.parameters()]).sum()
+            loss = self.model.loss(s, self.model.one_hot(y, x)).sum()
+            correct = (self.model.logits(s).argmax(1) == y).sum()
+            # summed over the processes, with whether any of them was asked to stop
+            stop = loss.new_tensor(float(self.stop_requested))
+            stats = distributed.all_sum(torch.stack([correct.to(loss), loss,
+                                                     weight_sum.to(loss), stop])).tolist()
+        self.stop_requested = stats[3] > 0
+        if not all(map(math.isfinite, stats)):
+            raise Diverged(f"NaN or inf in the states or weights at epoch {self.epoch + 1}, "
+                           f"batch {b + 1}: lower --lrs (or --betas{self.lca_hint()})"
+                           f"{self.files_kept()}")
+        if self.args.check_thm and b % max(1, num_batches(len(self.train), self.args.mbs)
+                                           // 10) == 0:
+            cur.gdu_rmse.append(self.check_theorem(x, y))
+        cur.seen += total
+        cur.correct += stats[0]
+        cur.loss_sum += stats[1]
+        self.last_free_states = s
 
     def check_theorem(self, x: Tensor, y: Tensor) -> float:
         """--check-thm: the GDU check on the batch's first samples; its mean normalised RMSE."""
