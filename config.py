@@ -5,12 +5,14 @@ Every check ends with a UsageError whose one line names the flag, its value and 
 
 from __future__ import annotations
 
+import difflib
 import math
 import shlex
 from argparse import Namespace
 
 from data_utils import TASKS
 from errors import UsageError
+from solvers import SOLVERS, Solver
 from model_utils import (ACTIVATIONS, POOLS, PRECISIONS, EnergyNet, LCAConfig, build_cnn,
                          build_lcanet, build_mlp, conv_output_size, scale_init, set_precision)
 
@@ -42,9 +44,10 @@ SAVED_KEYS = ARCHITECTURE_KEYS + ("scale", "alg", "optim", "lrs", "wds", "mmt", 
                                   "eta")
 CONV_FILL = {"kernels": 5, "strides": 1, "paddings": 0, "pools": "m"}
 FLOAT_FLAGS = ("lrs", "wds", "betas", "mmt", "scale", "eps", "lca_lambda", "tau", "eta",
-               "lca_feedback", "dropouts", "adv_fraction")
+               "lca_feedback", "dropouts", "adv_fraction", "tol")
 # value ranges of single flags: (test, what is wrong and the fix), checked entry by entry
 MAX_STEPS, MAX_BETA, MAX_SCALE, MAX_SEED = 100_000, 100.0, 100.0, 2**63 - 1
+MAX_ANDERSON_M = 100
 RANGES = {
     "lrs": (lambda v: v >= 0, "a learning rate must be 0 (a frozen layer) or more; give e.g. 0.05"),
     "wds": (lambda v: v >= 0, "weight decay must be 0 or more; give e.g. 3e-4 (or 0)"),
@@ -74,6 +77,12 @@ RANGES = {
     "attack_step": (lambda v: 1 <= v <= MAX_STEPS, f"give 1 to {MAX_STEPS:,} free steps"),
     "predict_step": (lambda v: 1 <= v <= MAX_STEPS, f"give 1 to {MAX_STEPS:,} free steps"),
     "train_attack_step": (lambda v: 1 <= v <= MAX_STEPS, f"give 1 to {MAX_STEPS:,} free steps"),
+    "tol": (lambda v: v > 0, "the relative change at which a phase stops must be above 0; "
+            "give e.g. 1e-4"),
+    "check_every": (lambda v: 1 <= v <= MAX_STEPS, f"give 1 to {MAX_STEPS:,} steps between "
+                    "convergence checks, e.g. 10"),
+    "anderson_m": (lambda v: 1 <= v <= MAX_ANDERSON_M, f"Anderson combines 1 to "
+                   f"{MAX_ANDERSON_M} past steps; give e.g. 5"),
 }
 # the least value of each entry of the architecture lists, and what the entry is
 ARCH_MIN = {"archi": (1, "a layer size"), "channels": (1, "a channel count"),
@@ -104,8 +113,10 @@ def flag(dest: str) -> str:
 
 def one_of(dest: str, value: str, choices) -> None:
     if value not in choices:
-        raise FlagError(f"{flag(dest)} {value!r} is unknown; choose one of {', '.join(choices)}",
-                        dest)
+        near = difflib.get_close_matches(str(value), list(choices), n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise FlagError(f"{flag(dest)} {value!r} is unknown{hint}; choose one of "
+                        f"{', '.join(choices)}", dest)
 
 
 def entries(args: Namespace, dest: str) -> list:
@@ -195,6 +206,8 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     one_of("optim", args.optim, OPTIMS)
     one_of("dynamics", args.dynamics, ("explicit", "autograd"))
     one_of("precision", args.precision, PRECISIONS)
+    one_of("solver", args.solver, SOLVERS)
+    check_solver(args, typed)
     check_compile(args)
     for dest, todos in ATTACK_FLAGS.items():
         if dest in typed and args.todo not in todos:
@@ -243,6 +256,33 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
         elif len(values) != n_layers:
             raise FlagError(f"{flag(dest)} has {len(values)} entries but the model has "
                             f"{n_layers} layers of weights; give one per layer", dest)
+
+
+def check_solver(args: Namespace, typed: set[str]) -> None:
+    """--tol, --check-every and --anderson-m where they apply; gducheck's theorem is that of
+    the synchronous steps, run in full."""
+    if "check_every" in typed and args.tol is None:
+        raise FlagError(f"--check-every {args.check_every} applies with --tol (how often a phase "
+                        "checks whether it has converged); add --tol or remove it",
+                        "check_every", "tol")
+    if "anderson_m" in typed and args.solver != "anderson":
+        raise FlagError(f"--anderson-m {args.anderson_m} applies with --solver anderson; remove "
+                        "it or use --solver anderson", "anderson_m", "solver")
+    if args.alg == "BP" and args.todo != "gducheck" and {"solver", "tol"} & typed:
+        raise FlagError("--solver, --tol: a BP-trained model (--alg BP) runs feed-forward, "
+                        "without a relaxation; remove them", "solver", "tol", "alg")
+    if args.todo == "gducheck" and "tol" in typed:
+        raise FlagError(f"--tol {args.tol:g}: the GDU check compares EP and BPTT over exactly "
+                        "--T1 and --T2 synchronous steps; remove --tol", "tol")
+
+
+def solver_notice(args: Namespace, typed: set[str], saved: dict) -> None:
+    """A run relaxed by another solver than it was trained with says so: these networks have
+    several fixed points, and each solver settles at its own."""
+    trained = saved.get("solver", "sync")
+    if "solver" in typed and args.solver != trained:
+        print(f"notice: --load-path's run was trained with --solver {trained}; this one relaxes "
+              f"with --solver {args.solver}, whose fixed points may differ")
 
 
 def check_compile(args: Namespace) -> None:
@@ -526,6 +566,8 @@ def build_model(args: Namespace) -> EnergyNet:
     model.free_steps = args.T1  # what model(x) runs
     set_precision(model, args.precision)
     model.compiled = args.compile
+    if args.solver != "sync" or args.tol is not None:
+        model.solver = Solver(args.solver, args.tol, args.check_every, args.anderson_m)
     return model
 
 

@@ -155,6 +155,7 @@ def gdu_check(model: EnergyNet, x: Tensor, y: Tensor, T1: int, T2: int, beta: fl
     model64 = copy.deepcopy(model).double()
     model64.set_compute_dtype(None)  # a float64 check, whatever --precision the run trains in
     model64.compiled = False  # one batch: compiling would cost more than it saves
+    model64.solver = None  # the theorem of the synchronous steps, all T1 and T2 of them
     x64 = x.double()
     with torch.no_grad():  # one free phase serves both: BPTT starts T2 steps before its end
         free = model64.batch(x64)

@@ -146,6 +146,18 @@ def build_parser() -> Parser:
     g.add_argument("--dropouts", nargs="+", metavar="KEEP", type=float, default=None,
                    help="dropout: keep probability per layer of weights, for the layer it "
                    "reads (input first); masks drawn once per batch, fixed through its phases")
+    g = p.add_argument_group("relaxation (how every phase reaches its fixed point; solvers.py)")
+    g.add_argument("--solver", default="sync",
+                   help="sync (all layers at once: the published dynamics), evenodd (layers 1, "
+                   "3, ... then 2, 4, ...: a sweep costs a step and settles faster) or anderson "
+                   "(Anderson acceleration of the even-odd sweep); saved with the run")
+    g.add_argument("--tol", type=float, default=None,
+                   help="stop a phase once every sample's states change by less than this "
+                   "(relative) in a step; --T1/--T2 become caps (default: no stop, run them all)")
+    g.add_argument("--check-every", type=int, default=10, metavar="N",
+                   help="with --tol: steps between convergence checks (one host sync each)")
+    g.add_argument("--anderson-m", type=int, default=5, metavar="M",
+                   help="--solver anderson: how many past steps it combines")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="seed of init, data order, random sign")
     g.add_argument("--device", type=int, default=None,
@@ -350,6 +362,9 @@ def gducheck(job: Job) -> int:
     origin = "fresh (seeded) weights"
     if args.load_path:
         origin = f"{BEST_MODEL} of {args.load_path} (epoch {load_best(job)['epoch']})"
+    if args.solver != "sync":
+        print(f"notice: the GDU check is a theorem of the synchronous steps: it runs them, not "
+              f"--solver {args.solver}")
     gen = torch.Generator(device=data.x.device).manual_seed(args.seed)
     pick = torch.randperm(len(data), generator=gen, device=data.x.device)[:args.mbs]
     result = gdu_check(job.model, data.x[pick], data.y[pick], args.T1, args.T2, args.betas[1],
@@ -431,6 +446,7 @@ def run(argv: list[str]) -> int:
             check_saved_types(ckpt["args"], f"--load-path {args.load_path}")
             from_checkpoint = config.checkpoint_keys(args, typed, ckpt["args"])
             args = config.merge_saved(args, typed, ckpt["args"])
+            config.solver_notice(args, typed, ckpt["args"])
     config.validate(args, typed, from_checkpoint)
     set_deterministic(args.deterministic)
     device = start_processes(args, typed) if distributed.launched() else pick_device(args.device)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map_only
 
 from lca_layer import LCANeurons, SparseCoding
 
@@ -390,6 +391,7 @@ class EnergyNet(nn.Module):
         self.n_states = len(synapses) - int(softmax)
         self.free_steps = 30  # forward()'s default; config.build_model sets it from --T1
         self.compiled = False  # --compile: the phase loops step through torch.compile
+        self.solver = None  # --solver: how phases relax (solvers.py); None: the published steps
         self.compute_dtype: torch.dtype | None = None  # --precision bf16: see LowPrecision
         # a plain tuple (not a ModuleList slice, which costs ~15 us to build on every step)
         self.energy_synapses = tuple(self.synapses[: self.n_states])
@@ -569,31 +571,78 @@ class EnergyNet(nn.Module):
         fields = self.field(batch, self.visible(s))
         return [n.update(a, old) for n, a, old in zip(self.neurons, fields, s)]
 
+    @property
+    def halves(self) -> tuple[tuple[int, ...], ...]:
+        """The even-odd sweep's two groups of layers: 1, 3, 5, ... then 2, 4, ... (indices
+        into the states; no layer of a group is another's neighbour)."""
+        return tuple(h for h in (tuple(range(0, self.n_states, 2)),
+                                 tuple(range(1, self.n_states, 2))) if h)
+
+    def sweep(self, batch: Batch, s: States, routes: tuple) -> tuple[States, tuple]:
+        """One even-odd sweep (solvers.py): each half updates its layers from the others' latest
+        states. `routes`: what the first half's top-down terms need of the synapses that the
+        second half computes (`first_routes`), given back for the next sweep."""
+        s = list(s)
+        for half in self.halves:
+            fields, routes = self.layer_fields(batch, self.visible(s), half, routes)
+            for k, a in zip(half, fields):
+                s[k] = self.neurons[k].update(a, s[k])
+        return s, routes
+
+    def first_routes(self, batch: Batch, s: list[Tensor]) -> tuple:
+        """The routing at the states s of the synapses into the sweep's second half: their
+        bottom-up products' context (a max-pool's arg-max), which the first half's top-down
+        terms need before the second half computes it."""
+        inner, readers, refs = self.synapse_inputs(batch, s)
+        return tuple(syn.up(h, ref)[1] if k % 2 == 0 else None
+                     for k, (syn, h, ref) in enumerate(zip(inner, readers, refs)))
+
+    def synapse_inputs(self, batch: Batch, s: list[Tensor]) -> tuple[tuple, list, tuple]:
+        """The inner synapses (all but the first, whose product is the drive), what each reads
+        (a state, masked) and its linearisation reference (--precision bf16) or None."""
+        inner = self.energy_synapses[1:]
+        readers = s[:-1] if batch.masks is None else self.inputs(batch, s)[1:]
+        return inner, readers, batch.reference or (None,) * len(inner)
+
     def field(self, batch: Batch, s: list[Tensor]) -> list[Tensor]:
         """dPhi/ds_k for every layer (each layer's pre-activation), from local terms."""
-        ups, ctxs, inner, masks = [batch.drive], [None], self.energy_synapses[1:], batch.masks
-        readers = s[:-1] if masks is None else self.inputs(batch, s)[1:]  # once per step
-        refs = batch.reference or (None,) * len(inner)
-        for syn, h, ref in zip(inner, readers, refs):
-            out, ctx = syn.up(h, ref)
-            ups.append(out)
-            ctxs.append(ctx)
-        layers = zip(ups, inner, s[1:], ctxs[1:], refs)  # read once, by one of the two
-        if masks is None:
-            grads = [syn.down(top, ctx, up, ref) for up, syn, top, ctx, ref in layers]
-        else:  # a layer's top-down input comes through the mask its upper synapse reads it by
-            grads = [up + _masked(masks, k, syn.down(top, ctx, None, ref))
-                     for k, (up, syn, top, ctx, ref) in enumerate(layers, 1)]
-        last, beta = ups[-1], batch.beta
-        if isinstance(beta, Tensor):
-            g = self.loss_grad(s, batch.target, masks)
-            last = last - _per_sample(beta, g) * g
-        elif beta != 0:
-            last = last.add(self.loss_grad(s, batch.target, masks), alpha=-beta)
-        grads.append(last)
+        return self.layer_fields(batch, s, range(len(s)))[0]
+
+    def layer_fields(self, batch: Batch, s: list[Tensor], layers,
+                     routes: tuple | None = None) -> tuple[list[Tensor], tuple]:
+        """dPhi/ds_k for the layers k in `layers`, and the routing of every inner synapse (the
+        context of its bottom-up product, which its top-down term needs): computed here for
+        the synapses into `layers`, taken from `routes` for the others."""
+        inner, readers, refs = self.synapse_inputs(batch, s)  # read once per step
+        ctxs, masks, top_layer = [None] * len(inner) if routes is None else list(routes), \
+            batch.masks, len(s) - 1
+        ups = {}
+        for k in layers:
+            if k == 0:
+                ups[k] = batch.drive
+            else:
+                ups[k], ctxs[k - 1] = inner[k - 1].up(readers[k - 1], refs[k - 1])
+        grads = {}
+        for k in layers:  # a layer's top-down input comes through synapse k + 1 (inner[k])
+            if k == top_layer:
+                continue
+            syn, top, ctx, ref = inner[k], s[k + 1], ctxs[k], refs[k]
+            if masks is None:
+                grads[k] = syn.down(top, ctx, ups[k], ref)
+            else:  # ... and through the mask by which that synapse reads the layer
+                grads[k] = ups[k] + _masked(masks, k + 1, syn.down(top, ctx, None, ref))
+        if top_layer in ups:
+            last, beta = ups[top_layer], batch.beta
+            if isinstance(beta, Tensor):
+                g = self.loss_grad(s, batch.target, masks)
+                last = last - _per_sample(beta, g) * g
+            elif beta != 0:
+                last = last.add(self.loss_grad(s, batch.target, masks), alpha=-beta)
+            grads[top_layer] = last
         for k, syn in self.self_coupled:
-            grads[k] = grads[k] + syn.self_field(s[k])
-        return grads
+            if k in grads:
+                grads[k] = grads[k] + syn.self_field(s[k])
+        return [grads[k] for k in layers], tuple(ctxs)
 
     def feedforward(self, x: Tensor, masks: Masks = None) -> States:
         """One bottom-up pass through the same layers, no recurrence (the BP baseline)."""
@@ -652,56 +701,72 @@ def _per_sample(beta: float | Tensor, like: Tensor) -> float | Tensor:
 
 # ---- dynamics: relaxing the states towards a fixed point (free and nudged phases) -----------
 
-def autograd_step(model: EnergyNet, batch: Batch, s: States) -> States:
+def autograd_step(model: EnergyNet, batch: Batch, s: States, layers=None) -> States:
     """Reference step s_k <- act(dPhi/ds_k) by autograd; keeps the graph when grad mode is on.
+    With `layers`, only those layers move (a half of the even-odd sweep).
 
-    A VF model differentiates Phi(post=s, pre=s) in `post` only (the other layers held
-    fixed); `post` are fresh graph nodes on top of s so BPTT still flows through both.
+    Phi is differentiated in fresh views `post` of the states: a partial derivative in each
+    layer, not through another layer computed from it (a half-sweep's new layers come from the
+    others); BPTT still flows through the views. A VF model differentiates Phi(post=s, pre=s)
+    in `post` only (the other layers held fixed).
     """
     keep_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         leaves = [t if t.requires_grad else t.detach().requires_grad_()
                   for t in model.visible(s)]
-        if model.has_feedback:
-            post = [t.view_as(t) for t in leaves]
-            phi = model.phi(batch, post, pre=leaves)
-        else:
-            post, phi = leaves, model.phi(batch, leaves)
+        post = [t.view_as(t) for t in leaves]
+        phi = model.phi(batch, post, pre=leaves) if model.has_feedback else model.phi(batch, post)
         grads = torch.autograd.grad(phi.sum(), post, create_graph=keep_graph)
-    return [n.update(g, old) for n, g, old in zip(model.neurons, grads, s)]
+    return [n.update(g, old) if layers is None or k in layers else old
+            for k, (n, g, old) in enumerate(zip(model.neurons, grads, s))]
+
+
+def autograd_sweep(model: EnergyNet, batch: Batch, s: States,
+                   routes: tuple | None = None) -> tuple[States, None]:
+    """Reference even-odd sweep: each half an autograd step that moves only its layers (the
+    derivative at the current states needs no routing carried over)."""
+    for half in model.halves:
+        s = autograd_step(model, batch, s, half)
+    return s, None
 
 
 @functools.cache
-def compiled_step(mode: str | None):
-    """EnergyNet.step through torch.compile (one per mode; the model is an argument, so each
-    model, dtype and batch shape gets its own graph and a deep copy never runs another's)."""
+def compiled_step(mode: str | None, method: str = "step"):
+    """EnergyNet.step (or .sweep) through torch.compile (one per mode; the model is an
+    argument, so each model, dtype and batch shape gets its own graph and a deep copy never
+    runs another's)."""
     torch._dynamo.config.cache_size_limit = 64  # betas, shapes, grad mode: a few graphs each
-    return torch.compile(EnergyNet.step, mode=mode, dynamic=False)  # one graph per shape
+    return torch.compile(getattr(EnergyNet, method), mode=mode, dynamic=False)
 
 
-def graphed_step(model: EnergyNet, batch: Batch, s: States) -> States:
-    """One step replayed as a CUDA graph: its outputs live in the graph's memory, which the
-    next replay reuses, so they are copied out before they become the next step's input."""
+def graphed_step(model: EnergyNet, *args, method: str = "step"):
+    """One step (or sweep) replayed as a CUDA graph: its outputs live in the graph's memory,
+    which the next replay reuses, so they are copied out before they become the next input."""
     torch.compiler.cudagraph_mark_step_begin()
-    return map_states(torch.clone, compiled_step("reduce-overhead")(model, batch, s))
+    return tree_map_only(Tensor, torch.clone, compiled_step("reduce-overhead", method)(model,
+                                                                                     *args))
 
 
-def step_function(model: EnergyNet, explicit: bool = True):
-    """The step `relax` iterates: the explicit one (through torch.compile with `model.compiled`,
-    as CUDA graphs on a GPU where autograd is off) or the autograd reference."""
+def step_function(model: EnergyNet, explicit: bool = True, method: str = "step"):
+    """What `relax` iterates: the explicit step (or even-odd sweep, `method`), through
+    torch.compile with `model.compiled`, as CUDA graphs on a GPU where autograd is off; or
+    the autograd reference."""
     if not explicit:
-        return functools.partial(autograd_step, model)
+        return functools.partial(autograd_step if method == "step" else autograd_sweep, model)
     if not model.compiled:
-        return model.step
+        return getattr(model, method)
     # each replay frees what the previous one returned, what autograd saved for backward too
     if next(model.parameters()).is_cuda and not torch.is_grad_enabled():
-        return functools.partial(graphed_step, model)
-    return functools.partial(compiled_step(None), model)
+        return functools.partial(graphed_step, model, method=method)
+    return functools.partial(compiled_step(None, method), model)
 
 
 def relax(model: EnergyNet, batch: Batch, s: States, steps: int, explicit: bool = True) -> States:
     """`steps` synchronous steps of the dynamics from states `s`, with batch.x clamped and the
-    output nudged by batch.beta; explicit local terms, or the autograd reference."""
+    output nudged by batch.beta; explicit local terms, or the autograd reference. A model with
+    a solver (`model.solver`, solvers.py) relaxes by it instead."""
+    if model.solver is not None:
+        return model.solver.relax(model, batch, s, steps, explicit)
     step = step_function(model, explicit)
     for _ in range(steps):
         s = step(batch, s)

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from argparse import Namespace
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from model_utils import (EnergyNet, Phases, States, bp_gradients, bptt_gradients
                          free_phase, write_grads)
 from results import (BEST_MODEL, CHECKPOINT, DICTIONARY, FINAL_CHECKPOINT, FINAL_MODEL, METRICS,
                      atomic_save, load_weights, write_metrics)
+from solvers import StepCounts
 
 EVAL_MBS = 500
 HISTORY_KEYS = ("epoch", "train_acc", "test_acc", "train_loss", "seconds")
@@ -130,6 +131,11 @@ class Cursor:
     loss_sum: float = 0.0
     seconds: float = 0.0
     gdu_rmse: list[float] = field(default_factory=list)  # --check-thm results so far
+    batches: int = 0
+    free_steps: float = 0.0  # --solver: steps (sweeps) of the batches' phases, summed
+    nudged_steps: float = 0.0
+    capped: float = 0.0  # --tol: samples whose free phase reached --T1 unconverged
+    relaxed: float = 0.0  # ... out of so many
 
 
 class Trainer:
@@ -285,25 +291,38 @@ class Trainer:
                 self.fit_batch(b, x, y)
                 cur.seconds = time.time() - start_time
                 bar.update()
-                bar.set_postfix(acc=f"{100 * cur.correct / cur.seen:.2f}%", refresh=False)
+                steps = {} if self.model.solver is None else {"steps": (
+                    f"{cur.free_steps / cur.batches:.0f}+{cur.nudged_steps / cur.batches:.0f}")}
+                bar.set_postfix(acc=f"{100 * cur.correct / cur.seen:.2f}%", **steps,
+                                refresh=False)
                 if self.stop_requested:
                     break
 
     def fit_batch(self, b: int, x: Tensor, y: Tensor) -> None:
         """Batch b of the epoch: its gradients, the optimizer step, and its statistics."""
-        cur, total = self.cursor, len(y)
+        cur, total, solver = self.cursor, len(y), self.model.solver
+        if solver is not None:
+            solver.counts = StepCounts()
         x, y, s = self.train_batch(x, y)
         self.optimizer.step()
         self.model.after_update(x, s, distributed.all_sum, total)
+        counts = astuple(solver.counts) if solver is not None else (0,) * 4
         with torch.no_grad():  # one device sync per batch: the stats and a finiteness check
             weight_sum = torch.stack([p.sum() for p in self.model.parameters()]).sum()
             loss = self.model.loss(s, self.model.one_hot(y, x)).sum()
             correct = (self.model.logits(s).argmax(1) == y).sum()
             # summed over the processes, with whether any of them was asked to stop
             stop = loss.new_tensor(float(self.stop_requested))
-            stats = distributed.all_sum(torch.stack([correct.to(loss), loss,
-                                                     weight_sum.to(loss), stop])).tolist()
+            stats = distributed.all_sum(torch.cat([
+                torch.stack([correct.to(loss), loss, weight_sum.to(loss), stop]),
+                loss.new_tensor(counts)])).tolist()
         self.stop_requested = stats[3] > 0
+        processes = distributed.world_size()
+        cur.batches += 1
+        cur.free_steps += stats[4] / processes  # each process relaxes its share
+        cur.nudged_steps += stats[5] / processes
+        cur.capped += stats[6]
+        cur.relaxed += stats[7]
         if not all(map(math.isfinite, stats)):
             raise Diverged(f"NaN or inf in the states or weights at epoch {self.epoch + 1}, "
                            f"batch {b + 1}: lower --lrs (or --betas{self.lca_hint()})"
@@ -324,6 +343,13 @@ class Trainer:
         rmse = mean_rmse(result["metrics"]["one_sided"])
         tqdm.write(f"GDU check ({len(y[:k])} samples): mean normalised RMSE {rmse:.4f}")
         return rmse
+
+    def check_convergence(self, cur: Cursor) -> None:
+        """--tol: a notice when most training free phases reached --T1 before converging."""
+        if cur.relaxed and cur.capped > cur.relaxed / 2:
+            tqdm.write(f"notice: epoch {self.epoch}: {100 * cur.capped / cur.relaxed:.0f}% of "
+                       f"the free phases reached --T1 {self.args.T1} before changing by less "
+                       f"than --tol {self.args.tol:g} a step; raise --T1 (or --tol)")
 
     def check_tau(self) -> None:
         """LCANet: a notice when the dictionary has grown too coherent for --tau (the code then
@@ -354,6 +380,10 @@ class Trainer:
             self.history[k].append(round(v, 6) if isinstance(v, float) else v)
         if cur.gdu_rmse:
             self.log("gdu_rmse", sum(cur.gdu_rmse) / len(cur.gdu_rmse))
+        if self.model.solver is not None and cur.batches:
+            self.log("free_steps", cur.free_steps / cur.batches)
+            self.log("nudged_steps", cur.nudged_steps / cur.batches)
+            self.check_convergence(cur)
         for k, v in self.model.feedback_angles().items():
             self.log(k, v)
         for k in CODE_KEYS:

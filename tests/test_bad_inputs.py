@@ -48,6 +48,16 @@ ROWS = [
     (MLP, ["--alg", "BP", "--betas", "0", "1e3"], "--betas"),
     (MLP, ["--betas", "0.5"], "--betas"),
     (MLP, ["--betas", "0", "0.1", "0.3"], "--betas"),
+    # solvers
+    (MLP, ["--solver", "evenod"], "--solver"),
+    (MLP, ["--solver", "jacobi"], "--solver"),
+    *[(MLP, ["--tol", v], "--tol") for v in ("0", "-1e-4", "nan", "inf", "-0")],
+    (MLP, ["--solver", "anderson", "--anderson-m", "0"], "--anderson-m"),
+    (MLP, ["--anderson-m", "3"], "--anderson-m"),
+    (MLP, ["--tol", "1e-4", "--check-every", "0"], "--check-every"),
+    (MLP, ["--check-every", "5"], "--check-every"),
+    (MLP, ["--todo", "gducheck", "--tol", "1e-4"], "--tol"),
+    (MLP, ["--alg", "BP", "--solver", "evenodd"], "--solver"),
     # architecture
     (NONE, ["--archi", "784", "0", "10"], "--archi"),
     (NONE, ["--archi", "784", "-5", "10"], "--archi"),

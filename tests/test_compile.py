@@ -12,6 +12,7 @@ from helpers import TINY_MLP, cli, only_run_dir, weights
 from model_utils import (Phases, bptt_gradients, build_cnn, build_mlp, compiled_step,
                          ep_gradients, flat_states, free_phase, graphed_step, set_precision,
                          step_function)
+from solvers import Solver
 
 
 def models() -> dict:
@@ -28,13 +29,16 @@ def close(a: list[torch.Tensor], b: list[torch.Tensor], rel: float = 1e-4) -> No
         assert (u - v).norm() <= rel * u.norm() + 1e-7
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("name", list(models()))
-def test_compiled_phases_and_gradients_equal_eager(name, precision):
+@pytest.mark.parametrize("name, precision, solver", [
+    ("MLP", "fp32", None), ("MLP", "bf16", None), ("VFCNN", "fp32", None),
+    ("VFCNN", "bf16", None), ("VFCNN", "fp32", "evenodd"), ("VFCNN", "bf16", "evenodd")])
+def test_compiled_phases_and_gradients_equal_eager(name, precision, solver):
     """fp32 to float32 rounding; bf16 (its linearised nudged phases too) to bfloat16's, as
-    the compiler may keep a fused intermediate in float32 where eager rounds it."""
+    the compiler may keep a fused intermediate in float32 where eager rounds it. The even-odd
+    sweep compiles with its carried routing."""
     model = models()[name]
     set_precision(model, precision)
+    model.solver = solver and Solver(solver)
     x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
     estimators = {"free": lambda: flat_states(free_phase(model, x, 8)),
                   "EP symmetric": lambda: ep_gradients(model, x, y, Phases(8, 4, 0, 0.5, True)),
@@ -76,11 +80,11 @@ def test_cuda_graphs_only_where_autograd_is_off():
     with torch.enable_grad():
         differentiable = step_function(model)
     assert isinstance(graphed, functools.partial) and graphed.func is graphed_step
-    assert differentiable.func is compiled_step(None)
+    assert differentiable.func is compiled_step(None, "step")
     cpu = models()["MLP"]
     cpu.compiled = True
     with torch.no_grad():
-        assert step_function(cpu).func is compiled_step(None)  # CUDA graphs are CUDA only
+        assert step_function(cpu).func is compiled_step(None, "step")  # CUDA graphs: CUDA only
 
 
 def test_compiled_training_run_equals_eager(tmp_path, capsys):

@@ -11,6 +11,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTens
 
 from model_utils import (EnergyNet, LCAConfig, Phases, bp_gradients, bptt_gradients, build_cnn,
                          build_lcanet, build_mlp, ep_gradients, free_phase, set_precision)
+from solvers import Convergence, Solver
 
 
 def models() -> dict[str, EnergyNet]:
@@ -42,12 +43,14 @@ def faked(model: EnergyNet, mode: FakeTensorMode) -> EnergyNet:
     return model
 
 
+@pytest.mark.parametrize("solver", [None, "evenodd", "anderson"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("name", list(models()))
-def test_phases_and_estimators_never_read_tensors_on_the_host(name, precision):
+def test_phases_and_estimators_never_read_tensors_on_the_host(name, precision, solver):
     mode = FakeTensorMode()
     model = faked(models()[name], mode)
     set_precision(model, precision)
+    model.solver = solver and Solver(solver)
     with mode:
         x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
         masks = model.dropout_masks(x, [0.8] * len(model.synapses), None)
@@ -61,6 +64,21 @@ def test_phases_and_estimators_never_read_tensors_on_the_host(name, precision):
             bp_gradients(model, x, y, masks)
         model.after_update(x, free_phase(model, x, 6))
         assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("solver", ["sync", "evenodd", "anderson"])
+def test_with_tol_the_checks_are_the_only_host_reads(solver, monkeypatch):
+    """--tol reads one number a check (every check_every steps), and nothing between."""
+    checks = []
+    monkeypatch.setattr(Convergence, "check", lambda self, taken, change, s: checks.append(
+        taken) and False)
+    mode = FakeTensorMode()
+    model = faked(models()["CNN"], mode)
+    model.solver = Solver(solver, 1e-4, 3)
+    with mode:
+        x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+        ep_gradients(model, x, y, Phases(10, 7, 0.0, 0.5, True))
+    assert checks == [3, 6, 9, 3, 6]
 
 
 def test_a_host_read_inside_a_step_is_caught(monkeypatch):
