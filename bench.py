@@ -44,15 +44,19 @@ def published_args(script: str, extra: list[str], task: str = "MNIST5K"):
     return args
 
 
-# the paths timed: dynamics, --precision, --compile (each against the first, the reference)
-VARIANTS = {"autograd": ("autograd", "fp32", False), "explicit": ("explicit", "fp32", False),
-            "bf16": ("explicit", "bf16", False), "compiled": ("explicit", "fp32", True),
-            "bf16 compiled": ("explicit", "bf16", True)}
+# the paths timed: dynamics, --precision, --compile, --solver (each against the first, the
+# reference; evenodd runs as many sweeps as the others steps: the cost of a sweep)
+VARIANTS = {"autograd": ("autograd", "fp32", False, "sync"),
+            "explicit": ("explicit", "fp32", False, "sync"),
+            "bf16": ("explicit", "bf16", False, "sync"),
+            "compiled": ("explicit", "fp32", True, "sync"),
+            "bf16 compiled": ("explicit", "bf16", True, "sync"),
+            "evenodd": ("explicit", "fp32", False, "evenodd")}
 
 
 def trainer_for(args, variant: str, data, device) -> Trainer:
     args = copy.copy(args)
-    args.dynamics, args.precision, args.compile = VARIANTS[variant]
+    args.dynamics, args.precision, args.compile, args.solver = VARIANTS[variant]
     torch.manual_seed(0)
     return Trainer(config.build_model(args).to(device), *data, args, None)
 

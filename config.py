@@ -43,14 +43,18 @@ ARCHITECTURE_KEYS = ("model", "task", "archi") + CONV_FLAGS + (
 SAVED_KEYS = ARCHITECTURE_KEYS + ("scale", "alg", "optim", "lrs", "wds", "mmt", "lr_decay", "seed",
                                   "eta")
 CONV_FILL = {"kernels": 5, "strides": 1, "paddings": 0, "pools": "m"}
+CLIPPED = ("hard_sigmoid", "my_hard_sig", "ctrd_hard_sig")  # activations with flat clipped ends
 FLOAT_FLAGS = ("lrs", "wds", "betas", "mmt", "scale", "eps", "lca_lambda", "tau", "eta",
                "lca_feedback", "dropouts", "adv_fraction", "tol")
 # value ranges of single flags: (test, what is wrong and the fix), checked entry by entry
 MAX_STEPS, MAX_BETA, MAX_SCALE, MAX_SEED = 100_000, 100.0, 100.0, 2**63 - 1
 MAX_ANDERSON_M = 100
+# the least nudge whose effect on the states survives their rounding (float32; gducheck: float64)
+MIN_NUDGE, MIN_NUDGE_FLOAT64 = 1e-6, 1e-12
 RANGES = {
     "lrs": (lambda v: v >= 0, "a learning rate must be 0 (a frozen layer) or more; give e.g. 0.05"),
-    "wds": (lambda v: v >= 0, "weight decay must be 0 or more; give e.g. 3e-4 (or 0)"),
+    "wds": (lambda v: 0 <= v <= 1, "weight decay must be in [0, 1] (above, it swamps the "
+            "gradient); give e.g. 3e-4 (or 0)"),
     "mmt": (lambda v: 0 <= v < 1, "SGD momentum must be in [0, 1); give e.g. 0.9 (or 0)"),
     "scale": (lambda v: 0 < v <= MAX_SCALE,
               f"the init factor must be in (0, {MAX_SCALE:g}]; give e.g. 0.5, or leave it out"),
@@ -207,6 +211,7 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     one_of("dynamics", args.dynamics, ("explicit", "autograd"))
     one_of("precision", args.precision, PRECISIONS)
     one_of("solver", args.solver, SOLVERS)
+    one_of("nudged_solver", args.nudged_solver, SOLVERS)
     check_solver(args, typed)
     check_compile(args)
     for dest, todos in ATTACK_FLAGS.items():
@@ -271,6 +276,15 @@ def check_solver(args: Namespace, typed: set[str]) -> None:
     if args.alg == "BP" and args.todo != "gducheck" and {"solver", "tol"} & typed:
         raise FlagError("--solver, --tol: a BP-trained model (--alg BP) runs feed-forward, "
                         "without a relaxation; remove them", "solver", "tol", "alg")
+    for dest in ("solver", "nudged_solver"):
+        if getattr(args, dest) == "anderson" and args.act in CLIPPED:
+            raise FlagError(f"{flag(dest)} anderson: Anderson acceleration does not speed up the "
+                            f"piecewise-linear map of --act {args.act} (more sweeps than plain "
+                            "even-odd ones on the CNN line: BENCHMARKS.md); use evenodd", dest,
+                            "act")
+    if "nudged_solver" in typed and not (args.alg == "EP" and trains(args)):
+        raise FlagError("--nudged-solver applies to EP's nudged phases while training (--todo "
+                        "train or advtrain, --alg EP); remove it", "nudged_solver", "alg")
     if args.todo == "gducheck" and "tol" in typed:
         raise FlagError(f"--tol {args.tol:g}: the GDU check compares EP and BPTT over exactly "
                         "--T1 and --T2 synchronous steps; remove --tol", "tol")
@@ -412,6 +426,14 @@ def check_steps(args: Namespace) -> None:
     if (args.alg == "EP" or args.todo == "gducheck") and args.betas[0] == args.betas[1]:
         raise FlagError("--betas: beta1 and beta2 must differ (EP divides by beta2 - beta1)",
                         "betas")
+    ep = args.todo == "gducheck" or trains(args) and args.alg == "EP"
+    least, dtype = (MIN_NUDGE_FLOAT64, "float64") if args.todo == "gducheck" else (
+        MIN_NUDGE, "float32")
+    if ep and 0 < abs(args.betas[1] - args.betas[0]) < least:
+        raise FlagError(f"--betas {args.betas[0]:g} {args.betas[1]:g}: a nudge that small moves "
+                        f"the {dtype} states by less than their rounding, and EP divides their "
+                        f"difference by it; give a beta2 - beta1 of at least {least:g} (the "
+                        "published lines use 0.1 to 1)", "betas")
 
 
 def check_signs(args: Namespace, typed: set[str]) -> None:
@@ -566,8 +588,11 @@ def build_model(args: Namespace) -> EnergyNet:
     model.free_steps = args.T1  # what model(x) runs
     set_precision(model, args.precision)
     model.compiled = args.compile
-    if args.solver != "sync" or args.tol is not None:
+    if args.solver != "sync" or args.nudged_solver != "sync" or args.tol is not None:
         model.solver = Solver(args.solver, args.tol, args.check_every, args.anderson_m)
+        # a synchronous nudged phase runs all its T2 steps (its EP update is BPTT's through T2)
+        tol = args.tol if args.nudged_solver != "sync" else None
+        model.nudged_solver = Solver(args.nudged_solver, tol, args.check_every, args.anderson_m)
     return model
 
 

@@ -12,13 +12,15 @@ import re
 import shlex
 import signal
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-# Ctrl-C while torch and friends import: leave quietly (a KeyboardInterrupt inside a C
-# extension's import can leave it half-loaded and end in an ImportError instead)
+# Ctrl-C or SIGTERM while torch and friends import: leave quietly (a KeyboardInterrupt inside a
+# C extension's import can leave it half-loaded and end in an ImportError instead)
 signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(143))
 import torch  # noqa: E402
 
 import config  # noqa: E402
@@ -32,9 +34,15 @@ from results import (BEST_MODEL, GDU_METRICS, HYPERPARAMETERS, append_text,  # n
                      atomic_write_text, load_checked, load_run, load_weights, new_run_dir)
 from trainer import Trainer, evaluate_split  # noqa: E402
 
+
+def interrupted(signum, frame) -> None:
+    """SIGTERM (a scheduler's) before training has started: stop as Ctrl-C does, in one line
+    (training handles both itself: Trainer.fit)."""
+    raise KeyboardInterrupt
+
+
 signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
+signal.signal(signal.SIGTERM, interrupted)
 NONDETERMINISTIC = "does not have a deterministic implementation"  # torch's words
 
 
@@ -150,7 +158,11 @@ def build_parser() -> Parser:
     g.add_argument("--solver", default="sync",
                    help="sync (all layers at once: the published dynamics), evenodd (layers 1, "
                    "3, ... then 2, 4, ...: a sweep costs a step and settles faster) or anderson "
-                   "(Anderson acceleration of the even-odd sweep); saved with the run")
+                   "(Anderson acceleration of the even-odd sweep): the free phases, predictions "
+                   "and attacks; saved with the run")
+    g.add_argument("--nudged-solver", default="sync",
+                   help="EP's nudged phases: sync (the published T2 steps, whose update is "
+                   "BPTT's through T2 steps even unconverged), evenodd or anderson (with --tol)")
     g.add_argument("--tol", type=float, default=None,
                    help="stop a phase once every sample's states change by less than this "
                    "(relative) in a step; --T1/--T2 become caps (default: no stop, run them all)")
@@ -365,6 +377,11 @@ def gducheck(job: Job) -> int:
     if args.solver != "sync":
         print(f"notice: the GDU check is a theorem of the synchronous steps: it runs them, not "
               f"--solver {args.solver}")
+    run_dir = None
+    if args.save:  # where the report goes, known writable before the work
+        run_dir = Path(args.load_path) if args.load_path else new_run_dir(args.results_dir,
+                                                                          "gducheck", args.loss)
+        check_writable(run_dir, "the GDU check's report")
     gen = torch.Generator(device=data.x.device).manual_seed(args.seed)
     pick = torch.randperm(len(data), generator=gen, device=data.x.device)[:args.mbs]
     result = gdu_check(job.model, data.x[pick], data.y[pick], args.T1, args.T2, args.betas[1],
@@ -374,11 +391,9 @@ def gducheck(job: Job) -> int:
                 "samples": len(pick), "same_update": args.same_update, "weights": origin}
     report, text = gdu_report(result, settings)
     print(text)
-    if not args.save:
+    if run_dir is None:
         print("(no --save: nothing written)")
         return 0
-    run_dir = Path(args.load_path) if args.load_path else new_run_dir(args.results_dir,
-                                                                      "gducheck", args.loss)
     if not args.load_path:
         atomic_write_text(run_dir / HYPERPARAMETERS,
                           config.hyperparameters_text(args, job.argv, describe(job.model)))
@@ -387,6 +402,16 @@ def gducheck(job: Job) -> int:
     plots.plot_gdu_rmse(result["metrics"], run_dir / "gdu_rmse.png")
     print(f"written: {run_dir / GDU_METRICS}, gdu_curves.png, gdu_rmse.png")
     return 0
+
+
+def check_writable(run_dir: Path, what: str) -> None:
+    """A file can be made in run_dir, or one line says so before any work."""
+    try:
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as e:
+        raise UsageError(f"{run_dir}: cannot write {what} there ({e.strerror}); use a copy of "
+                         "the folder, or leave out --save") from None
 
 
 def attack(job: Job) -> int:

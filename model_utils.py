@@ -334,12 +334,23 @@ class Batch:
         n = self.x.shape[0]
         betas = torch.full((2 * n,), beta, dtype=self.x.dtype, device=self.x.device)
         betas[n:] = -beta
-        masks = self.masks and tuple(m if m is None else torch.cat([m, m]) for m in self.masks)
-        reference = self.reference and tuple(
-            Linearisation(*(None if t is None else torch.cat([t, t]) for t in r))
-            for r in self.reference)
-        return Batch(*(torch.cat([t, t]) for t in (self.x, self.drive, self.target)), betas,
-                     masks, reference)
+        return self.per_sample(lambda t: torch.cat([t, t])).nudged(betas)
+
+    def subset(self, index: Tensor) -> Batch:
+        """The samples `index` (a --tol phase goes on with those not yet converged)."""
+        return self.per_sample(lambda t: t[index])
+
+    def per_sample(self, fn) -> Batch:
+        """fn applied to every tensor with a row per sample: x, the drive, the target, a beta
+        per sample, the masks, the reference products."""
+        def each(t: Tensor | None) -> Tensor | None:
+            return None if t is None else fn(t)
+
+        return Batch(each(self.x), each(self.drive), each(self.target),
+                     fn(self.beta) if isinstance(self.beta, Tensor) else self.beta,
+                     self.masks and tuple(map(each, self.masks)),
+                     self.reference and tuple(Linearisation(*map(each, r))
+                                              for r in self.reference))
 
 
 class Neurons:
@@ -391,7 +402,9 @@ class EnergyNet(nn.Module):
         self.n_states = len(synapses) - int(softmax)
         self.free_steps = 30  # forward()'s default; config.build_model sets it from --T1
         self.compiled = False  # --compile: the phase loops step through torch.compile
-        self.solver = None  # --solver: how phases relax (solvers.py); None: the published steps
+        # --solver, --nudged-solver: how free and nudged phases relax (solvers.py); None: the
+        # published synchronous steps, a fixed number
+        self.solver = self.nudged_solver = None
         self.compute_dtype: torch.dtype | None = None  # --precision bf16: see LowPrecision
         # a plain tuple (not a ModuleList slice, which costs ~15 us to build on every step)
         self.energy_synapses = tuple(self.synapses[: self.n_states])
@@ -764,9 +777,23 @@ def step_function(model: EnergyNet, explicit: bool = True, method: str = "step")
 def relax(model: EnergyNet, batch: Batch, s: States, steps: int, explicit: bool = True) -> States:
     """`steps` synchronous steps of the dynamics from states `s`, with batch.x clamped and the
     output nudged by batch.beta; explicit local terms, or the autograd reference. A model with
-    a solver (`model.solver`, solvers.py) relaxes by it instead."""
-    if model.solver is not None:
-        return model.solver.relax(model, batch, s, steps, explicit)
+    a solver (`model.solver`, --solver; solvers.py) relaxes by it instead."""
+    return relax_by(model.solver, model, batch, s, steps, explicit)
+
+
+def nudged_phase(model: EnergyNet, batch: Batch, s: States, steps: int,
+                 explicit: bool = True) -> States:
+    """EP's nudged phase from s: `steps` synchronous steps (the published dynamics, whose EP
+    update is BPTT's through as many steps, converged or not: the GDU theorem), or the
+    relaxation of `model.nudged_solver` (--nudged-solver)."""
+    return relax_by(model.nudged_solver, model, batch, s, steps, explicit)
+
+
+def relax_by(solver, model: EnergyNet, batch: Batch, s: States, steps: int,
+             explicit: bool) -> States:
+    """The published loop of `steps` synchronous steps, or `solver`'s relaxation."""
+    if solver is not None:
+        return solver.relax(model, batch, s, steps, explicit)
     step = step_function(model, explicit)
     for _ in range(steps):
         s = step(batch, s)
@@ -878,7 +905,7 @@ def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float
             nudged, start = batch.stacked(beta), map_states(lambda t: torch.cat([t, t]), s_free)
         else:
             nudged, start = batch.nudged(beta), s_free
-        s_nudged = relax(model, nudged, start, ph.T2, ph.explicit)
+        s_nudged = nudged_phase(model, nudged, start, ph.T2, ph.explicit)
         if ph.thirdphase:
             n = x.shape[0]
             s_nudged, s_ref = (map_states(lambda t: t[:n], s_nudged),

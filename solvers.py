@@ -1,21 +1,28 @@
 """How a phase reaches its fixed point: the solver beside `model_utils.relax`.
 
 `relax` runs the published dynamics: a fixed number of synchronous steps, every layer at once
-from the old states. A `Solver` on the model (`model.solver`, from --solver and --tol)
-replaces that loop in every phase (free, nudged, evaluation, attacks, BPTT):
+from the old states. A `Solver` on the model replaces that loop: `model.solver` (--solver,
+--tol) in the free phases (training's, evaluation's, `model(x)`, attacks, BPTT's unroll) and
+`model.nudged_solver` (--nudged-solver) in EP's nudged phases, where the synchronous steps stay
+the default: unconverged, their EP update is BPTT's through as many steps (the GDU theorem),
+another map's is not (BENCHMARKS.md measures what that costs). The solvers:
 - `sync`: the same steps;
 - `evenodd`: a sweep updates layers 1, 3, 5, ... (the first hidden layer first) from their
   neighbours, then layers 2, 4, ... from the new ones. Layers of a chain only meet their
   neighbours, so a sweep computes each synapse's products once, as a synchronous step does
   (`EnergyNet.sweep`), and for a symmetric model each half-sweep minimises the energy in its
   layers: information crosses the network twice as fast and the energy never rises;
-- `anderson`: Anderson acceleration of the even-odd sweep, per sample (below).
-With `tol`, a phase that runs without autograd stops once every sample's states have changed
-by less than tol (relative) in one step, checked every `check_every` steps (one host read a
-check); each sample keeps its states from the first check it passed, so what it converges to
-does not depend on the rest of its batch (nor on how torchrun shares the batch). With
-autograd on (BPTT's last T2 steps, an attack's unroll), the count runs in full: a gradient
-goes through exactly those steps. The steps each phase took are counted (`Solver.counts`).
+- `anderson`: Anderson acceleration of the even-odd sweep, per sample (`Solver.anderson`).
+With `tol`, a phase that runs without autograd stops for each sample once its states change
+by less than tol (relative) in a step, checked every `check_every` steps (one host read a
+check): the sample keeps its states from the first check it passed and leaves the batch, the
+others go on, and the phase ends when none is left (or at its cap). So what a sample
+converges to does not depend on the rest of its batch (nor on how torchrun shares it), and a
+phase costs its samples' mean steps, not its slowest one's. (With --compile the batch keeps
+its shape, as a compiled step has one graph per shape: converged samples are relaxed on, and
+their states at their check kept.) With autograd on (BPTT's last T2 steps, an attack's
+unroll), the count runs in full: a gradient goes through exactly those steps. What each
+phase cost is counted in `Solver.counts`.
 """
 
 from __future__ import annotations
@@ -25,17 +32,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from model_utils import Batch, EnergyNet, States, _is_zero, flat_states, map_states, step_function
+from model_utils import Batch, EnergyNet, States, flat_states, map_states, step_function
 
 SOLVERS = ("sync", "evenodd", "anderson")
 
 
 @dataclass
 class StepCounts:
-    """Steps taken since the last reset: of the phases at beta 0 (free; BPTT's whole unroll)
-    and of the nudged ones, and how many samples of free phases reached their cap first."""
-    free_steps: int = 0
-    nudged_steps: int = 0
+    """What a solver's phases cost since the last reset: their steps (each phase's mean over
+    its samples, summed over the phases), the most one phase ran (its slowest sample's), and
+    how many samples of phases with a tol reached the cap unconverged, out of how many."""
+    steps: float = 0.0
+    longest: int = 0
     capped: int = 0
     samples: int = 0
 
@@ -57,91 +65,144 @@ class Solver:
     def relax(self, model: EnergyNet, batch: Batch, s: States, steps: int,
               explicit: bool = True) -> States:
         """Up to `steps` steps (sweeps) from states s; fewer once converged (tol, no grad)."""
-        iterate, carry = self.iteration(model, batch, s, explicit)
-        watch = Convergence(self.tol if not torch.is_grad_enabled() else None, self.check_every)
-        loop = self.anderson if self.name == "anderson" else plain
-        s, taken = loop(iterate, carry, s, steps, watch)
-        self.count(batch, taken, watch.done)
+        tol = self.tol if not torch.is_grad_enabled() else None
+        watch = Convergence(tol, self.check_every, len(batch.x), compact=not model.compiled)
+        loop = self.anderson if self.name == "anderson" else self.plain
+        s = loop(self.iteration(model, explicit), batch, s, steps, watch)
+        self.count(batch, watch)
+        return s
+
+    def iteration(self, model: EnergyNet, explicit: bool):
+        """The map a step applies, (batch, states, carry) -> (states, carry), and the carry's
+        start from (batch, states): the routing an even-odd sweep keeps between sweeps."""
+        if self.name == "sync":
+            step = step_function(model, explicit)
+            return (lambda batch, s, carry: (step(batch, s), None)), lambda batch, s: None
+        sweep = step_function(model, explicit, "sweep")
+        start = ((lambda batch, s: model.first_routes(batch, model.visible(s))) if explicit
+                 else (lambda batch, s: None))
+        return sweep, start
+
+    def plain(self, iteration, batch: Batch, s: States, steps: int,
+              watch: Convergence) -> States:
+        """The map itself, step after step (sync: the published loop, with --tol checks)."""
+        iterate, start = iteration
+        carry = start(batch, s)
+        for taken in range(1, steps + 1):
+            before = s
+            s, carry = iterate(batch, s, carry)
+            watch.stepped(s)
+            if watch.due(taken):
+                going = watch.check(relative_change(before, s), s)
+                if going is not None:
+                    if not len(going):
+                        break
+                    s, batch = subset(s, going), batch.subset(going)
+                    carry = start(batch, s)  # the routing there, as carried
         return watch.result(s)
 
-    def anderson(self, iterate, carry, s: States, steps: int,
-                 watch: Convergence) -> tuple[States, int]:
+    def anderson(self, iteration, batch: Batch, s: States, steps: int,
+                 watch: Convergence) -> States:
         """Anderson acceleration of the map, per sample: the next point is the combination of
         the last `anderson_m` map outputs whose residuals (output - input) cancel best (least
         squares, weights summing to 1, a small ridge); a sample whose residual grew takes the
-        plain map output instead (the safeguard)."""
-        layout, x = packed(s)
-        inputs, outputs, last_residual, out, taken = [], [], None, s, 0
+        plain map output instead (the safeguard). The even-odd sweep's routing is carried from
+        the last output: exact at a fixed point, where every output is its input."""
+        iterate, start = iteration
+        carry, x = start(batch, s), packed(s)
+        inputs, outputs, last_residual, out = [], [], None, s
         for taken in range(1, steps + 1):
-            out, carry = iterate(s, carry)
-            f = packed(out)[1]
+            out, carry = iterate(batch, s, carry)
+            watch.stepped(out)
+            f = packed(out)
             residual = (f - x).norm(dim=1)
-            if watch.due(taken) and watch.check(taken, ratio(residual, f.norm(dim=1)), out):
-                break
+            if watch.due(taken):
+                going = watch.check(ratio(residual, f.norm(dim=1)), out)
+                if going is not None:
+                    if not len(going):
+                        break
+                    s, out, batch = subset(s, going), subset(out, going), batch.subset(going)
+                    x, f, residual = x[going], f[going], residual[going]
+                    last_residual = None if last_residual is None else last_residual[going]
+                    inputs, outputs = [t[going] for t in inputs], [t[going] for t in outputs]
+                    carry = start(batch, out)
             inputs, outputs = (inputs + [x])[-self.anderson_m:], (outputs + [f])[-self.anderson_m:]
             x = combination(torch.stack(inputs, 1), torch.stack(outputs, 1))
             if last_residual is not None:
                 x = torch.where((residual > last_residual)[:, None], f, x)
-            last_residual, s = residual, unpacked(x, layout)
-        return out, taken
+            last_residual, s = residual, unpacked(x, out)
+        return watch.result(out)
 
-    def iteration(self, model: EnergyNet, batch: Batch, s: States, explicit: bool):
-        """The map a step applies, (states, carry) -> (states, carry), and the first carry."""
-        if self.name == "sync":
-            step = step_function(model, explicit)
-            return (lambda states, carry: (step(batch, states), None)), None
-        sweep = step_function(model, explicit, "sweep")
-        routes = model.first_routes(batch, model.visible(s)) if explicit else None
-        return (lambda states, carry: sweep(batch, states, carry)), routes
-
-    def count(self, batch: Batch, taken: int, done: Tensor | None) -> None:
-        counts = self.counts
-        if not _is_zero(batch.beta):
-            counts.nudged_steps += taken
-            return
-        counts.free_steps += taken
-        n = batch.x.shape[0]
-        counts.samples += n
-        if done is not None:
-            counts.capped += n - int(done.sum())
-
-
-def plain(iterate, carry, s: States, steps: int, watch: Convergence) -> tuple[States, int]:
-    """The map itself, step after step (sync: the published loop, with --tol checks)."""
-    taken = 0
-    for taken in range(1, steps + 1):
-        before = s
-        s, carry = iterate(s, carry)
-        if watch.due(taken) and watch.check(taken, relative_change(before, s), s):
-            break
-    return s, taken
+    def count(self, batch: Batch, watch: Convergence) -> None:
+        counts, n = self.counts, len(batch.x)
+        counts.steps += watch.sample_steps / n
+        counts.longest = max(counts.longest, watch.steps)
+        if watch.tol is not None:
+            counts.capped += watch.capped
+            counts.samples += n
 
 
 class Convergence:
-    """--tol per sample over one phase: which samples passed a check, and their states then."""
+    """--tol over one phase, per sample: which samples passed a check (and their states then),
+    which still relax (positions in the whole batch), and the steps the samples took."""
 
-    def __init__(self, tol: float | None, every: int):
-        self.tol, self.every = tol, every
-        self.done: Tensor | None = None
-        self.kept: States | None = None
+    def __init__(self, tol: float | None, every: int, n: int, compact: bool = True):
+        self.tol, self.every, self.compact = tol, every, compact
+        self.going: Tensor | None = None  # the whole batch's samples still relaxing (None: all)
+        self.done: Tensor | None = None  # without compact: the samples that passed, and ...
+        self.kept: States | None = None  # ... their states (with compact: every sample's slot)
+        self.steps, self.sample_steps, self.capped, self.n = 0, 0, 0, n
 
     def due(self, taken: int) -> bool:
         return self.tol is not None and taken % self.every == 0
 
-    def check(self, taken: int, change: Tensor, s: States) -> bool:
-        """At a check (`due`): record the samples whose relative change is below tol; whether
-        all have passed (the one host read of a check)."""
-        newly = change < self.tol
-        if self.done is None:
-            self.done, self.kept = newly, s
-        else:
-            self.kept = select(newly & ~self.done, s, self.kept)
-            self.done = self.done | newly
-        return bool(self.done.all())
+    def stepped(self, s: States) -> None:
+        self.steps += 1
+        self.sample_steps += len(flat_states(s)[0])
+
+    def check(self, change: Tensor, s: States) -> Tensor | None:
+        """At a check: the samples of s whose relative change is below tol have converged.
+        Returns the positions in s of those to go on with when the batch is to shrink to them
+        (empty when none is left), else None. One host read."""
+        passed = change < self.tol
+        if not self.compact:  # the whole batch relaxes on; each sample's first pass is kept
+            if self.done is None:
+                self.done, self.kept = passed, s
+            else:
+                self.kept = select(passed & ~self.done, s, self.kept)
+                self.done = self.done | passed
+            return torch.zeros(0, dtype=torch.long) if bool(self.done.all()) else None
+        going = (~passed).nonzero().flatten()
+        if len(going) == len(passed):
+            return None
+        whole = torch.arange(self.n, device=change.device) if self.going is None else self.going
+        self.kept = self.place(s, whole)
+        self.going = whole[going]
+        return going
+
+    def place(self, s: States, where: Tensor) -> States:
+        """The whole batch's states with s's samples written at positions `where`."""
+        if self.kept is None and len(where) == self.n:
+            return s
+        return map_states(lambda kept, t: kept.index_copy(0, where, t), self.kept, s)
 
     def result(self, s: States) -> States:
-        """Each sample's states at the first check it passed, the others' at the end."""
-        return s if self.done is None else select(self.done, self.kept, s)
+        """Every sample's states: those of the check it passed first, or its last ones."""
+        unconverged = len(flat_states(s)[0]) if self.going is None else len(self.going)
+        if not self.compact:
+            if self.done is None:
+                self.capped = self.n if self.tol is not None else 0
+                return s
+            self.capped = self.n - int(self.done.sum())
+            return select(self.done, self.kept, s)
+        self.capped = unconverged if self.tol is not None else 0
+        if self.going is None:
+            return s
+        return self.place(s, self.going) if len(self.going) else self.kept
+
+
+def subset(s: States, index: Tensor) -> States:
+    return map_states(lambda t: t[index], s)
 
 
 def combination(inputs: Tensor, outputs: Tensor, ridge: float = 1e-8) -> Tensor:
@@ -161,9 +222,9 @@ def combination(inputs: Tensor, outputs: Tensor, ridge: float = 1e-8) -> Tensor:
     return torch.where(solved, mixed, outputs[:, -1])
 
 
-def packed(s: States) -> tuple[States, Tensor]:
-    """Every state tensor of each sample in one row (B, D); and s, the layout to unpack to."""
-    return s, torch.cat([t.flatten(1) for t in flat_states(s)], 1)
+def packed(s: States) -> Tensor:
+    """Every state tensor of each sample in one row (B, D)."""
+    return torch.cat([t.flatten(1) for t in flat_states(s)], 1)
 
 
 def unpacked(x: Tensor, like: States) -> States:

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from argparse import Namespace
-from dataclasses import asdict, astuple, dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,6 +35,7 @@ HISTORY_KEYS = ("epoch", "train_acc", "test_acc", "train_loss", "seconds")
 CHECK_THM_SAMPLES = 5
 CODE_KEYS = ("recon_error", "sparsity")  # LCANet's code on the test split, per epoch
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+BLOWUP_GROWTH, BLOWUP_ACCURACY = 1e3, 1.5  # x the init's largest weight; x chance accuracy
 
 
 def make_optimizer(model: EnergyNet, args: Namespace) -> torch.optim.Optimizer:
@@ -154,6 +155,7 @@ class Trainer:
         self.epoch, self.best_acc, self.cursor = 0, -1.0, None
         self.stop_requested = False
         self.last_free_states: States = []
+        self.start_sizes = self.weight_sizes()  # the init's (as built: a resume's too)
 
     # ---- checkpoint ----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -300,13 +302,16 @@ class Trainer:
 
     def fit_batch(self, b: int, x: Tensor, y: Tensor) -> None:
         """Batch b of the epoch: its gradients, the optimizer step, and its statistics."""
-        cur, total, solver = self.cursor, len(y), self.model.solver
-        if solver is not None:
+        cur, total, model = self.cursor, len(y), self.model
+        solvers = (model.solver, model.nudged_solver) if model.solver is not None else ()
+        for solver in solvers:
             solver.counts = StepCounts()
         x, y, s = self.train_batch(x, y)
         self.optimizer.step()
         self.model.after_update(x, s, distributed.all_sum, total)
-        counts = astuple(solver.counts) if solver is not None else (0,) * 4
+        counts = ([0.0] * 4 if not solvers else [model.solver.counts.steps,
+                  model.nudged_solver.counts.steps, model.solver.counts.capped,
+                  model.solver.counts.samples])
         with torch.no_grad():  # one device sync per batch: the stats and a finiteness check
             weight_sum = torch.stack([p.sum() for p in self.model.parameters()]).sum()
             loss = self.model.loss(s, self.model.one_hot(y, x)).sum()
@@ -344,6 +349,23 @@ class Trainer:
         tqdm.write(f"GDU check ({len(y[:k])} samples): mean normalised RMSE {rmse:.4f}")
         return rmse
 
+    def weight_sizes(self) -> list[float]:
+        """Each synapse's largest weight (in size)."""
+        with torch.no_grad():
+            return [syn.weight.abs().max().item() for syn in self.model.synapses]
+
+    def check_blowup(self, test_acc: float) -> None:
+        """A run that blew up without reaching inf or NaN: test accuracy at chance, and some
+        layer's weights orders of magnitude larger than the init's."""
+        chance = 100.0 / self.model.num_classes
+        growth = [now / max(then, 1e-30) for now, then in zip(self.weight_sizes(),
+                                                                self.start_sizes)]
+        layer = max(range(len(growth)), key=growth.__getitem__)
+        if test_acc <= BLOWUP_ACCURACY * chance and growth[layer] >= BLOWUP_GROWTH:
+            tqdm.write(f"notice: epoch {self.epoch}: test accuracy {test_acc:.1f}% is chance, "
+                       f"and the largest weight of layer {layer + 1} is {growth[layer]:.1e} "
+                       "times that at the start: the run has blown up; lower --lrs")
+
     def check_convergence(self, cur: Cursor) -> None:
         """--tol: a notice when most training free phases reached --T1 before converging."""
         if cur.relaxed and cur.capped > cur.relaxed / 2:
@@ -380,6 +402,7 @@ class Trainer:
             self.history[k].append(round(v, 6) if isinstance(v, float) else v)
         if cur.gdu_rmse:
             self.log("gdu_rmse", sum(cur.gdu_rmse) / len(cur.gdu_rmse))
+        self.check_blowup(test_acc)
         if self.model.solver is not None and cur.batches:
             self.log("free_steps", cur.free_steps / cur.batches)
             self.log("nudged_steps", cur.nudged_steps / cur.batches)

@@ -38,7 +38,7 @@ def test_compiled_phases_and_gradients_equal_eager(name, precision, solver):
     sweep compiles with its carried routing."""
     model = models()[name]
     set_precision(model, precision)
-    model.solver = solver and Solver(solver)
+    model.solver = model.nudged_solver = solver and Solver(solver)
     x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
     estimators = {"free": lambda: flat_states(free_phase(model, x, 8)),
                   "EP symmetric": lambda: ep_gradients(model, x, y, Phases(8, 4, 0, 0.5, True)),

@@ -186,3 +186,33 @@ def test_evaluate_on_a_read_only_folder_prints_then_fails_in_one_line(tmp_path, 
     rc, out, err = cli(["--todo", "evaluate", "--load-path", run], capsys)
     assert rc == 2 and "test accuracy" in out
     assert len(err.strip().splitlines()) == 1 and "could not append" in err
+
+
+def test_a_run_that_blows_up_without_reaching_inf_says_so(capsys):
+    """Weights orders of magnitude past their start and chance accuracy: one notice an epoch
+    (the run itself ends normally: no inf or NaN stopped it)."""
+    rc, out, err = cli(TINY_MLP + ["--lrs", "1e30", "1e30", "--epochs", "2"], capsys)
+    notices = [ln for ln in (out + err).replace("\r", "\n").splitlines() if "blown up" in ln]
+    assert rc == 0 and len(notices) == 2, out + err
+    assert notices[0].startswith("notice: epoch 1: test accuracy 10.0% is chance")
+    assert "lower --lrs" in notices[0]
+    rc, out, err = cli(TINY_MLP + ["--epochs", "1"], capsys)
+    assert "blown up" not in out + err
+
+
+def test_gducheck_on_a_read_only_folder_fails_before_the_work(tmp_path, capsys, monkeypatch):
+    assert cli(SAVED + ["--epochs", "1", "--results-dir", tmp_path])[0] == 0
+    run = only_run_dir(tmp_path)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the check ran")
+
+    capsys.readouterr()
+    monkeypatch.setattr(main.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(main, "gdu_check", no_work)
+    rc, _, err = cli(["--todo", "gducheck", "--load-path", run, "--save", "--mbs", "5"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "cannot write the GDU check's report there (Permission denied)" in err

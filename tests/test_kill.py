@@ -132,3 +132,43 @@ def test_ctrl_c_while_the_modules_load_exits_quietly(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err and not out, err
+
+
+def test_sigterm_while_the_modules_load_exits_quietly():
+    proc = subprocess.Popen([sys.executable, "main.py", "--help"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err and not out, err
+
+
+SLOW_START = """\
+import sys, time
+sys.path.insert(0, {root!r})
+import main
+count = main.count_parameters
+main.count_parameters = lambda model: (time.sleep(30), count(model))[1]  # before training
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_and_ctrl_c_before_training_end_alike(tmp_path):
+    """The run folder exists, training has not started: either signal ends the run with the
+    same one line and exit code."""
+    script = tmp_path / "slow_start.py"
+    script.write_text(SLOW_START.format(root=str(ROOT)))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        out = tmp_path / signum.name
+        proc = subprocess.Popen([sys.executable, str(script), *map(str, ARGV), "--results-dir",
+                                 out], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while not list(out.glob("*/*/*/*/hyperparameters.txt")):
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "Traceback" not in err, err
+        assert err.strip().splitlines() == ["main.py: aborted (checkpoints already written are "
+                                            "kept)"]
