@@ -117,10 +117,10 @@ def flag(dest: str) -> str:
 
 def one_of(dest: str, value: str, choices) -> None:
     if value not in choices:
-        near = difflib.get_close_matches(str(value), list(choices), n=1)
+        near = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.75)
         hint = f" (did you mean {near[0]}?)" if near else ""
-        raise FlagError(f"{flag(dest)} {value!r} is unknown{hint}; choose one of "
-                        f"{', '.join(choices)}", dest)
+        raise FlagError(f"{flag(dest)} {value!r} is unknown; choose one of "
+                        f"{', '.join(choices)}{hint}", dest)
 
 
 def entries(args: Namespace, dest: str) -> list:

@@ -362,14 +362,14 @@ class Trainer:
                                                                 self.start_sizes)]
         layer = max(range(len(growth)), key=growth.__getitem__)
         if test_acc <= BLOWUP_ACCURACY * chance and growth[layer] >= BLOWUP_GROWTH:
-            tqdm.write(f"notice: epoch {self.epoch}: test accuracy {test_acc:.1f}% is chance, "
+            tqdm.write(f"notice: in epoch {self.epoch}, test accuracy {test_acc:.1f}% is chance, "
                        f"and the largest weight of layer {layer + 1} is {growth[layer]:.1e} "
                        "times that at the start: the run has blown up; lower --lrs")
 
     def check_convergence(self, cur: Cursor) -> None:
         """--tol: a notice when most training free phases reached --T1 before converging."""
         if cur.relaxed and cur.capped > cur.relaxed / 2:
-            tqdm.write(f"notice: epoch {self.epoch}: {100 * cur.capped / cur.relaxed:.0f}% of "
+            tqdm.write(f"notice: in epoch {self.epoch}, {100 * cur.capped / cur.relaxed:.0f}% of "
                        f"the free phases reached --T1 {self.args.T1} before changing by less "
                        f"than --tol {self.args.tol:g} a step; raise --T1 (or --tol)")
 

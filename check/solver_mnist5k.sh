@@ -19,8 +19,7 @@ for line in ${lines:-cnn cnn10x}; do
         dir="$out/$line-$precision-$solver/seed$seed"
         [ -d "$dir" ] && continue  # done before: the table reads it
         start=$(date +%s.%N)
-        python "$entry" $cnn --lrs ${lrs[$line]} --precision $precision --seed $seed \
-          ${relaxation[$solver]} --save --results-dir "$dir"
+        python "$entry" $cnn --lrs ${lrs[$line]} --precision $precision --seed $seed ${relaxation[$solver]} --save --results-dir "$dir"
         echo "$(date +%s.%N) - $start" | bc > "$dir/wall_seconds"
       done
     done

@@ -56,7 +56,8 @@ def test_gpu_benchmark_script_runs_on_the_cpu():
     rows = [ln for ln in done.stdout.splitlines() if ln.startswith("| ") and "x CPU" in ln]
     assert [r.split(" | ")[:2] for r in rows] == [[f"| {n} x CPU", v] for n in (1, 2)
                                                   for v in ("fp32", "bf16", "bf16 compiled",
-                                                            "bf16 compiled deterministic")]
+                                                            "bf16 compiled deterministic",
+                                                            "bf16 compiled evenodd tol 1e-4")]
     assert all(float(r.split(" | ")[4]) > 0 for r in rows)
     bound = {r["precision"]: r for r in [bench_gpu.roofline(p) for p in ("fp32", "bf16")]}
     assert bound["fp32"]["step_gflop_per_image"] == pytest.approx(0.642, rel=0.01)

@@ -48,7 +48,11 @@ ADVTRAIN = ["--todo", "advtrain", "--archi", "784", "32", "10", "--T1", "5", "--
             "--attack-images", "20", "--task", "MNIST5K"]  # PGD on each share, robust acc
 
 
-@pytest.mark.parametrize("argv", [MLP, LCANET, ADVTRAIN], ids=["MLP", "LCANet", "advtrain"])
+SOLVED = MLP + ["--T1", "30", "--solver", "evenodd", "--tol", "1e-4", "--check-every", "2"]
+
+
+@pytest.mark.parametrize("argv", [MLP, LCANET, ADVTRAIN, SOLVED],
+                         ids=["MLP", "LCANet", "advtrain", "evenodd tol"])
 def test_two_processes_train_as_one(argv, tmp_path, capsys):
     """To 1e-6 (LCANet: 1e-5, its code's threshold turns float rounding into flips)."""
     assert cli(argv + ["--save", "--results-dir", tmp_path / "one"], capsys)[0] == 0

@@ -194,7 +194,7 @@ def test_a_run_that_blows_up_without_reaching_inf_says_so(capsys):
     rc, out, err = cli(TINY_MLP + ["--lrs", "1e30", "1e30", "--epochs", "2"], capsys)
     notices = [ln for ln in (out + err).replace("\r", "\n").splitlines() if "blown up" in ln]
     assert rc == 0 and len(notices) == 2, out + err
-    assert notices[0].startswith("notice: epoch 1: test accuracy 10.0% is chance")
+    assert notices[0].startswith("notice: in epoch 1, test accuracy 10.0% is chance")
     assert "lower --lrs" in notices[0]
     rc, out, err = cli(TINY_MLP + ["--epochs", "1"], capsys)
     assert "blown up" not in out + err

@@ -60,7 +60,7 @@ def test_phases_that_reach_their_cap_are_reported_once_an_epoch(tmp_path, capsys
     rc, out, err = cli(argv, capsys)
     notices = [ln for ln in (out + err).splitlines() if "reached --T1 4" in ln]
     assert rc == 0 and len(notices) == 2, out + err
-    assert notices[0].startswith("notice: epoch 1: 100% of the free phases")
+    assert notices[0].startswith("notice: in epoch 1, 100% of the free phases")
     assert "raise --T1 (or --tol)" in notices[0]
 
 
