@@ -120,9 +120,11 @@ def counted(fn) -> tuple[float, float, int]:
 
 
 @torch.no_grad()
-def roofline(precision: str, tiny: bool = False) -> dict:
+def roofline(precision: str, tiny: bool = False, free_steps: float | None = None) -> dict:
     """FLOPs, bytes and kernels of one epoch of the line, and the time they take at the peaks
-    (with bf16 the nudged steps are linearised, as ep_gradients runs them)."""
+    (with bf16 the nudged steps are linearised, as ep_gradients runs them). `free_steps`: the
+    steps (sweeps) of a free phase per image, training's and evaluation's, if not --T1 (a
+    --solver with --tol: an even-odd sweep computes a step's products)."""
     args = line_args(precision, False, tiny)
     model = config.build_model(args).to("meta")
     x = torch.empty(args.mbs, 3, 32, 32, device="meta")
@@ -136,11 +138,13 @@ def roofline(precision: str, tiny: bool = False) -> dict:
     nudged = counted(lambda: relax(model, nudged, both, 1))
     grads = counted(lambda: energy_gradients(model, batch, s, -args.betas[1], s, args.betas[1]))
     n_batches = -(-TRAIN // args.mbs)
-    counts = (args.T1 * (TRAIN + TEST) / args.mbs, args.T2 * n_batches, n_batches)
+    free_steps = args.T1 if free_steps is None else free_steps
+    counts = (free_steps * (TRAIN + TEST) / args.mbs, args.T2 * n_batches, n_batches)
     flops, traffic, ops = (sum(c[i] * n for c, n in zip((free, nudged, grads), counts))
                            for i in range(3))
     compute_s, memory_s = flops / PEAKS[precision], traffic / HBM_BYTES_PER_S
-    return {"precision": precision, "step_gflop_per_image": free[0] / args.mbs / 1e9,
+    return {"precision": precision, "free_steps": free_steps,
+            "step_gflop_per_image": free[0] / args.mbs / 1e9,
             "step_mib_per_image": free[1] / args.mbs / 2**20, "epoch_pflop": flops / 1e15,
             "epoch_tb": traffic / 1e12, "compute_s": compute_s, "memory_s": memory_s,
             "bound_s": max(compute_s, memory_s), "ops_per_step": free[2],
@@ -148,10 +152,11 @@ def roofline(precision: str, tiny: bool = False) -> dict:
 
 
 def roofline_table(rows: list[dict]) -> str:
-    lines = ["| precision | GFLOP / image / step | MiB moved / image / step (unfused) | "
-             "epoch PFLOP | epoch TB moved | at peak compute (s) | at peak bandwidth (s) | "
-             "bound (s) | eager kernels / step | their launches (s) |", "|---" * 10 + "|"]
-    lines += [f"| {r['precision']} | {r['step_gflop_per_image']:.3f} | "
+    lines = ["| precision | free steps | GFLOP / image / step | MiB moved / image / step "
+             "(unfused) | epoch PFLOP | epoch TB moved | at peak compute (s) | at peak "
+             "bandwidth (s) | bound (s) | eager kernels / step | their launches (s) |",
+             "|---" * 11 + "|"]
+    lines += [f"| {r['precision']} | {r['free_steps']:g} | {r['step_gflop_per_image']:.3f} | "
               f"{r['step_mib_per_image']:.2f} | {r['epoch_pflop']:.2f} | {r['epoch_tb']:.1f} | "
               f"{r['compute_s']:.1f} | {r['memory_s']:.1f} | {r['bound_s']:.1f} | "
               f"{r['ops_per_step']} | {r['launch_s']:.0f} |" for r in rows]
@@ -170,9 +175,13 @@ def cli() -> None:
                    help=f"the recommended relaxation: main.py {' '.join(FAST)}")
     p.add_argument("--tiny", action="store_true", help="a tiny network: the CPU self-check")
     p.add_argument("--roofline", action="store_true", help="print the bound and exit")
+    p.add_argument("--free-steps", nargs="*", type=float, default=[], metavar="N",
+                   help="--roofline: bf16 rows with N free steps (sweeps) a phase, as a --tol "
+                   "solver takes, besides the published T1")
     a = p.parse_args()
     if a.roofline:
-        print(roofline_table([roofline(prec, a.tiny) for prec in ("fp32", "tf32", "bf16")]))
+        rows = [roofline(prec, a.tiny) for prec in ("fp32", "tf32", "bf16")]
+        print(roofline_table(rows + [roofline("bf16", a.tiny, n) for n in a.free_steps]))
         return
     device = distributed.init() if distributed.launched() else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")

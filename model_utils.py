@@ -774,11 +774,13 @@ def step_function(model: EnergyNet, explicit: bool = True, method: str = "step")
     return functools.partial(compiled_step(None, method), model)
 
 
-def relax(model: EnergyNet, batch: Batch, s: States, steps: int, explicit: bool = True) -> States:
+def relax(model: EnergyNet, batch: Batch, s: States, steps: int, explicit: bool = True,
+          check_every: int | None = None) -> States:
     """`steps` synchronous steps of the dynamics from states `s`, with batch.x clamped and the
     output nudged by batch.beta; explicit local terms, or the autograd reference. A model with
-    a solver (`model.solver`, --solver; solvers.py) relaxes by it instead."""
-    return relax_by(model.solver, model, batch, s, steps, explicit)
+    a solver (`model.solver`, --solver; solvers.py) relaxes by it instead (`check_every`: its
+    --tol checks that often, if not every --check-every steps)."""
+    return relax_by(model.solver, model, batch, s, steps, explicit, check_every)
 
 
 def nudged_phase(model: EnergyNet, batch: Batch, s: States, steps: int,
@@ -789,11 +791,11 @@ def nudged_phase(model: EnergyNet, batch: Batch, s: States, steps: int,
     return relax_by(model.nudged_solver, model, batch, s, steps, explicit)
 
 
-def relax_by(solver, model: EnergyNet, batch: Batch, s: States, steps: int,
-             explicit: bool) -> States:
+def relax_by(solver, model: EnergyNet, batch: Batch, s: States, steps: int, explicit: bool,
+             check_every: int | None = None) -> States:
     """The published loop of `steps` synchronous steps, or `solver`'s relaxation."""
     if solver is not None:
-        return solver.relax(model, batch, s, steps, explicit)
+        return solver.relax(model, batch, s, steps, explicit, check_every)
     step = step_function(model, explicit)
     for _ in range(steps):
         s = step(batch, s)
@@ -898,9 +900,9 @@ def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float
     with torch.no_grad():
         batch = model.batch(x, y, ph.beta1, masks)  # the drive once: x is clamped throughout
         s_free = relax(model, batch, model.init_states(x), ph.T1 - sum(anchors), ph.explicit)
-        for steps in anchors:
+        for steps in anchors:  # (with --tol, each stops once converged: it starts close)
             batch = model.linearised(batch, s_free)
-            s_free = relax(model, batch, s_free, steps)
+            s_free = relax(model, batch, s_free, steps, check_every=1)
         if ph.thirdphase:  # both nudged phases as one batch of 2B with beta = +beta2, -beta2
             nudged, start = batch.stacked(beta), map_states(lambda t: torch.cat([t, t]), s_free)
         else:

@@ -21,8 +21,10 @@ converges to does not depend on the rest of its batch (nor on how torchrun share
 phase costs its samples' mean steps, not its slowest one's. (With --compile the batch keeps
 its shape, as a compiled step has one graph per shape: converged samples are relaxed on, and
 their states at their check kept.) With autograd on (BPTT's last T2 steps, an attack's
-unroll), the count runs in full: a gradient goes through exactly those steps. What each
-phase cost is counted in `Solver.counts`.
+unroll), the count runs in full: a gradient goes through exactly those steps. With
+--precision bf16 a phase of plain bfloat16 products stops at 10 x tol: in training, the
+linearised steps that end the free phase (`ep_gradients`) then check every step and stop at
+tol. What each phase cost is counted in `Solver.counts`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from torch import Tensor
 from model_utils import Batch, EnergyNet, States, flat_states, map_states, step_function
 
 SOLVERS = ("sync", "evenodd", "anderson")
+BF16_TOL_FACTOR = 10  # --precision bf16: its plain steps stop at 10 x --tol (README)
 
 
 @dataclass
@@ -63,10 +66,14 @@ class Solver:
         return f"Solver({self.name}{memory}{tol})"
 
     def relax(self, model: EnergyNet, batch: Batch, s: States, steps: int,
-              explicit: bool = True) -> States:
-        """Up to `steps` steps (sweeps) from states s; fewer once converged (tol, no grad)."""
+              explicit: bool = True, check_every: int | None = None) -> States:
+        """Up to `steps` steps (sweeps) from states s; fewer once converged (tol, no grad;
+        checked every `check_every` steps if given, else every self.check_every)."""
         tol = self.tol if not torch.is_grad_enabled() else None
-        watch = Convergence(tol, self.check_every, len(batch.x), compact=not model.compiled)
+        if tol is not None and model.compute_dtype is not None and batch.reference is None:
+            tol *= BF16_TOL_FACTOR  # bfloat16 steps: the linearised ones after them settle
+        watch = Convergence(tol, check_every or self.check_every, len(batch.x),
+                            compact=not model.compiled)
         loop = self.anderson if self.name == "anderson" else self.plain
         s = loop(self.iteration(model, explicit), batch, s, steps, watch)
         self.count(batch, watch)

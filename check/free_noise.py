@@ -39,7 +39,8 @@ def noisy_step(model: model_utils.EnergyNet, batch: model_utils.Batch,
 
 
 def relax(model: model_utils.EnergyNet, batch: model_utils.Batch, s: model_utils.States,
-          steps: int, explicit: bool = True) -> model_utils.States:
+          steps: int, explicit: bool = True, check_every: int | None = None
+          ) -> model_utils.States:
     """A training free phase (a target, beta 0, not linearised, more than CLEAN steps) runs
     its first steps noisy; BPTT's T2 steps with a graph only if T2 > CLEAN."""
     free = (batch.target is not None and batch.reference is None
@@ -48,7 +49,7 @@ def relax(model: model_utils.EnergyNet, batch: model_utils.Batch, s: model_utils
         for _ in range(steps - CLEAN):
             s = noisy_step(model, batch, s)
         steps = CLEAN
-    return plain_relax(model, batch, s, steps, explicit)
+    return plain_relax(model, batch, s, steps, explicit, check_every)
 
 
 if __name__ == "__main__":

@@ -60,9 +60,12 @@ def test_gpu_benchmark_script_runs_on_the_cpu():
                                                             "bf16 compiled evenodd tol 1e-4")]
     assert all(float(r.split(" | ")[4]) > 0 for r in rows)
     bound = {r["precision"]: r for r in [bench_gpu.roofline(p) for p in ("fp32", "bf16")]}
+    fast, none = (bench_gpu.roofline("bf16", free_steps=n)["epoch_pflop"] for n in (50, 0))
+    # 50 of the line's 250 free steps: a fifth of the free phases' work, the rest unchanged
+    assert fast - none == pytest.approx(0.2 * (bound["bf16"]["epoch_pflop"] - none))
     assert bound["fp32"]["step_gflop_per_image"] == pytest.approx(0.642, rel=0.01)
     assert bound["bf16"]["bound_s"] < bound["fp32"]["bound_s"]
-    assert "| bf16 |" in done.stdout.split("| precision | GFLOP")[1]
+    assert "| bf16 | 250 |" in done.stdout.split("| precision | free steps | GFLOP")[1]
 
 
 def test_free_noise_experiment_changes_a_run_only_through_its_noisy_steps(tmp_path):
