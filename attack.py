@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from art.attacks.evasion import (AutoAttack, CarliniL2Method, FastGradientMethod,
-                                 ProjectedGradientDescent, SquareAttack)
+                                 HopSkipJump, ProjectedGradientDescent, SquareAttack)
 from torch import Tensor
 from tqdm import tqdm
 
@@ -28,14 +28,17 @@ from data_utils import NORMALISATION, Split, normalise, pixels
 from errors import UsageError
 from model_utils import EnergyNet
 
-ATTACKS = ("pgd", "fgsm", "autoattack", "square", "cw")
+ATTACKS = ("pgd", "fgsm", "autoattack", "square", "cw", "hsj")
 NORMS = {"2": "2", "inf": "inf", "100": "inf"}  # the old scripts pass 100 for inf
 PGD_ITERS = 20
 # the seed study's sweeps: 10 log-spaced values, plus 8/255 (Linf) or 1.0 (L2)
 DEFAULT_EPS = {"inf": [*np.logspace(-4, -1, 10).tolist(), 8 / 255],
                "2": [*np.logspace(math.log10(0.05), math.log10(3), 10).tolist(), 1.0]}
-# whole test set for the fast attacks, 200 images for the slow ones (as the study)
-SLOW_ATTACKS, SLOW_IMAGES = ("autoattack", "square", "cw"), 200
+# whole test set for the fast attacks, 200 images for the slow ones (as the study), 100 for HSJ
+SLOW_IMAGES = {"autoattack": 200, "square": 200, "cw": 200, "hsj": 100}
+ADVTRAIN_IMAGES = 200
+# one run finds each image's smallest adversarial perturbation: it serves every eps
+MINIMAL = ("cw", "hsj")
 RESULTS_FILE, PLOT_FILE = "Adversarial_Accuracy.txt", "adversarial_accuracy.png"
 
 
@@ -78,8 +81,11 @@ def attack_steps(model: EnergyNet, args: Namespace, dest: str) -> int:
     return steps
 
 
-def make_attack(name: str, classifier, norm: str, eps: float, mbs: int):
-    """ART's attack `name` at radius eps in `norm` (eps > 0 for square and autoattack)."""
+def make_attack(name: str, classifier, norm: str, eps: float, mbs: int,
+                hsj: tuple[int, int] = (50, 10000)):
+    """ART's attack `name` at radius eps in `norm` (eps > 0 for square and autoattack; none for
+    the minimal-perturbation ones); `hsj`: HopSkipJump's iterations and most queries for a
+    gradient estimate."""
     p = art_norm(norm)
     if name == "pgd":  # eps 0 still runs: its projection keeps the images as they are
         return ProjectedGradientDescent(classifier, norm=p, eps=eps,
@@ -96,6 +102,10 @@ def make_attack(name: str, classifier, norm: str, eps: float, mbs: int):
         for inner in auto.attacks:  # one progress bar (ours), not one per inner attack
             inner.verbose = False
         return auto
+    if name == "hsj":  # labels only: ART reads the argmax of the predictions
+        iters, evals = hsj
+        return HopSkipJump(classifier, batch_size=mbs, targeted=False, norm=p, max_iter=iters,
+                           max_eval=evals, init_eval=min(100, evals), verbose=False)
     return CarliniL2Method(classifier, batch_size=mbs, verbose=False)
 
 
@@ -122,7 +132,7 @@ def eps_values(args: Namespace, norm: str) -> list[float]:
 
 
 def image_count(args: Namespace, name: str, n_test: int) -> int:
-    n = args.attack_images or (SLOW_IMAGES if name in SLOW_ATTACKS else n_test)
+    n = args.attack_images or SLOW_IMAGES.get(name, n_test)
     return min(n, n_test)
 
 
@@ -171,20 +181,18 @@ class Sweep:
         x, y = self.images(image_count(args, name, len(self.test)))
         clean_pred = self.predict(x)
         clean_acc = 100.0 * float((clean_pred == y).mean())
-        cw = None
+        minimal = None
         for eps in eps_values(args, norm):
             np.random.seed(args.seed)  # ART draws its random starts and squares from numpy
             torch.manual_seed(args.seed)
             start = time.time()
             desc = f"{name} L{norm} eps {eps:.3g}"
-            if name == "cw":  # one minimal-perturbation run serves every eps
-                if cw is None:
-                    cw_adv = self.generate(name, norm, eps, x, y, desc)
-                    cw = (cw_adv, self.predict(cw_adv), perturbation_norm(cw_adv, x, norm),
-                          time.time() - start)
-                inside = cw[2] <= eps
-                x_adv = np.where(inside.reshape(-1, *[1] * (x.ndim - 1)), cw[0], x)
-                pred, seconds = np.where(inside, cw[1], clean_pred), cw[3]
+            if name in MINIMAL:  # an image counts as broken where its perturbation fits eps
+                if minimal is None:
+                    minimal = (*self.smallest(name, norm, x, y, clean_pred), time.time() - start)
+                inside = minimal[2] <= eps
+                x_adv = np.where(inside.reshape(-1, *[1] * (x.ndim - 1)), minimal[0], x)
+                pred, seconds = np.where(inside, minimal[1], clean_pred), minimal[3]
             else:
                 no_budget = eps == 0 and name in ("square", "autoattack")  # ART needs eps > 0
                 x_adv = x if no_budget else self.generate(name, norm, eps, x, y, desc)
@@ -196,17 +204,48 @@ class Sweep:
             self.last = (x, x_adv, clean_pred, pred, y)
             yield row
 
+    def smallest(self, name: str, norm: str, x: np.ndarray, y: np.ndarray,
+                 clean_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A minimal-perturbation attack's images, their predictions and perturbation norms;
+        an image the model already gets wrong needs none (HSJ would move it off its wrong
+        label, maybe onto the right one)."""
+        found, pred, right = x.copy(), clean_pred.copy(), clean_pred == y
+        if right.any():
+            found[right] = self.generate(name, norm, 0.0, x[right], y[right], f"{name} L{norm}")
+            pred[right] = self.predict(found[right])
+        return found, pred, perturbation_norm(found, x, norm)
+
+    def random_starts(self, x: np.ndarray, tries: int = 100) -> np.ndarray:
+        """HopSkipJump's starting points: uniform noise the model labels otherwise than the
+        image, drawn from numpy's seeded generator (ART's own search is unseeded)."""
+        labels = self.predict(x)
+        starts = np.random.uniform(0, 1, x.shape).astype(x.dtype)
+        same = self.predict(starts) == labels
+        for _ in range(tries - 1):
+            if not same.any():
+                break
+            starts[same] = np.random.uniform(0, 1, starts[same].shape).astype(x.dtype)
+            same[same] = self.predict(starts[same]) == labels[same]
+        return starts  # (where none was found, ART searches on its own)
+
     def generate(self, name: str, norm: str, eps: float, x: np.ndarray, y: np.ndarray,
                  desc: str) -> np.ndarray:
-        """ART's adversarial images, batch by batch under a progress bar."""
-        attack, mbs = make_attack(name, self.classifier, norm, eps, self.args.mbs), self.args.mbs
+        """ART's adversarial images, batch by batch (HSJ: image by image) under a progress
+        bar."""
+        mbs = self.args.mbs
+        attack = make_attack(name, self.classifier, norm, eps, mbs,
+                             (self.args.hsj_iter, self.args.hsj_evals))
+        # HSJ: one image at a time anyway, from seeded starting points
+        starts = self.random_starts(x) if name == "hsj" else None
+        step = mbs if starts is None else 1
         out = np.empty_like(x)
         # ART divides by zero-norm gradients at eps 0 (harmlessly): keep its warnings quiet
         with frozen(self.model), np.errstate(divide="ignore", invalid="ignore"), \
                 tqdm(total=len(x), desc=desc, unit="img", leave=False, dynamic_ncols=True) as bar:
-            for i in range(0, len(x), mbs):
-                out[i:i + mbs] = attack.generate(x[i:i + mbs], y[i:i + mbs])
-                bar.update(len(x[i:i + mbs]))
+            for i in range(0, len(x), step):
+                extra = {} if starts is None else {"x_adv_init": starts[i:i + step]}
+                out[i:i + step] = attack.generate(x[i:i + step], y[i:i + step], **extra)
+                bar.update(len(x[i:i + step]))
         return out
 
 
@@ -284,6 +323,6 @@ def adversary(model: EnergyNet, test: Split, args: Namespace) -> AdversarialBatc
     norm = attack_norms(args)[0]
     eps = args.eps[0] if args.eps else DEFAULT_EPS[norm][-1]
     steps = attack_steps(model, args, "train_attack_step")
-    idx = subset(len(test), args.attack_images or SLOW_IMAGES, args.seed, test.x.device)
+    idx = subset(len(test), args.attack_images or ADVTRAIN_IMAGES, args.seed, test.x.device)
     return AdversarialBatches(model, args.task, norm, eps, args.adv_fraction, steps, args.T1,
                               args.mbs, Split(test.x[idx], test.y[idx]), args.alg == "BP")

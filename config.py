@@ -28,7 +28,8 @@ CONV_FLAGS = ("channels",) + CONV_LISTS + ("fc",)
 ATTACK_FLAGS = {"attack": ("attack",), "attack_step": ("attack",), "predict_step": ("attack",),
                 "image_print": ("attack",), "train_attack_step": ("advtrain",),
                 "adv_fraction": ("advtrain",), "eps": ("attack", "advtrain"),
-                "attack_norm": ("attack", "advtrain"), "attack_images": ("attack", "advtrain")}
+                "attack_norm": ("attack", "advtrain"), "attack_images": ("attack", "advtrain"),
+                "hsj_iter": ("attack",), "hsj_evals": ("attack",)}
 LCA_FLAGS = ("n_feats", "lca_lambda", "tau", "eta", "lca_stride", "lca_iters", "dict_loss",
              "lca_feedback", "lca_signed", "lca_raw_input")
 # --dict_loss: what trains the dictionary (the seed scripts write combo for both)
@@ -78,6 +79,9 @@ RANGES = {
                      "give e.g. 0.5, or leave it out for 1"),
     "image_print": (lambda v: 1 <= v <= 1000, "give 1 to 1000 image pairs"),
     "attack_images": (lambda v: v >= 1, "give 1 or more test images"),
+    "hsj_iter": (lambda v: 1 <= v <= 10_000, "give 1 to 10,000 HopSkipJump iterations, e.g. 50"),
+    "hsj_evals": (lambda v: 1 <= v <= 10**7, "give 1 to 10,000,000 queries per gradient "
+                  "estimate, e.g. 10000"),
     "attack_step": (lambda v: 1 <= v <= MAX_STEPS, f"give 1 to {MAX_STEPS:,} free steps"),
     "predict_step": (lambda v: 1 <= v <= MAX_STEPS, f"give 1 to {MAX_STEPS:,} free steps"),
     "train_attack_step": (lambda v: 1 <= v <= MAX_STEPS, f"give 1 to {MAX_STEPS:,} free steps"),
@@ -378,6 +382,10 @@ def check_attack(args: Namespace, typed: set[str]) -> None:
     if "cw" in args.attack and "2" not in norms:
         raise FlagError("--attack cw is Carlini-Wagner's L2 attack: add 2 to --attack-norm "
                         "(it runs for L2 only)", "attack", "attack_norm")
+    for dest in ("hsj_iter", "hsj_evals"):
+        if dest in typed and "hsj" not in args.attack:
+            raise FlagError(f"{flag(dest)} applies to --attack hsj; remove it or add hsj to "
+                            "--attack", dest, "attack")
     if "inf" in norms and any(e > 1 for e in args.eps or []):
         raise FlagError(f"--eps {max(args.eps):g}: pixels lie in [0, 1], so an Linf radius "
                         "above 1 changes nothing more; give at most 1", "eps", "attack_norm")

@@ -186,7 +186,7 @@ def build_parser() -> Parser:
     g.add_argument("--results-dir", default="results", help="root of the results folders")
     g = p.add_argument_group("attacks (--todo attack, advtrain; through ART)")
     g.add_argument("--attack", nargs="+", metavar="NAME", default=None,
-                   help="attack: pgd, fgsm, autoattack, square, cw (default pgd)")
+                   help="attack: pgd, fgsm, autoattack, square, cw, hsj (default pgd)")
     g.add_argument("--attack-norm", nargs="+", metavar="NORM", default=None,
                    help="2 or inf (100 means inf), one or more for attack (default inf)")
     g.add_argument("--eps", nargs="+", metavar="EPS", type=float, default=None,
@@ -195,7 +195,11 @@ def build_parser() -> Parser:
                    "(default 8/255 Linf, 1 L2)")
     g.add_argument("--attack-images", type=int, default=None, metavar="N",
                    help="test images attacked (default: all for pgd, fgsm; 200 for autoattack, "
-                   "square, cw; advtrain's robust accuracy: 200)")
+                   "square, cw; 100 for hsj; advtrain's robust accuracy: 200)")
+    g.add_argument("--hsj-iter", type=int, default=50, metavar="N",
+                   help="hsj: HopSkipJump's iterations per image (ART's default 50)")
+    g.add_argument("--hsj-evals", type=int, default=10000, metavar="N",
+                   help="hsj: most queries for one gradient estimate (ART's default 10000)")
     g.add_argument("--attack-step", type=int, default=None, metavar="T",
                    help="free steps the attack's gradient unrolls (default --T1)")
     g.add_argument("--predict-step", type=int, default=None, metavar="T",

@@ -45,6 +45,7 @@ class UnrolledNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         model, steps = self.model, self.attack_steps
+        x = x.to(next(model.parameters()).dtype)  # HopSkipJump's queries come in float64
         if self.feedforward:
             return model.logits(model.feedforward(x))
         if not torch.is_grad_enabled():

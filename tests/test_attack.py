@@ -53,10 +53,11 @@ def test_at_eps_zero_every_attack_gives_the_clean_accuracy(run, tmp_path):
     folder.mkdir()
     for f in run.iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
-    found = attack_cli(folder, "--attack", "pgd", "fgsm", "square", "autoattack", "cw",
-                       "--attack-norm", "inf", "2", "--eps", "0", "--attack-images", "60")
+    found = attack_cli(folder, "--attack", "pgd", "fgsm", "square", "autoattack", "cw", "hsj",
+                       "--attack-norm", "inf", "2", "--eps", "0", "--attack-images", "60",
+                       "--hsj-iter", "2", "--hsj-evals", "50")
     assert sorted((r.attack, r.norm) for r in found) == sorted(
-        [(a, n) for a in ("pgd", "fgsm", "square", "autoattack") for n in ("inf", "2")]
+        [(a, n) for a in ("pgd", "fgsm", "square", "autoattack", "hsj") for n in ("inf", "2")]
         + [("cw", "2")])
     model_acc = clean_accuracy(folder, 60)
     for r in found:
@@ -126,6 +127,31 @@ def test_cw_rows_count_perturbations_within_eps(run):
     assert found == sorted(found, reverse=True) and found[-1] < found[0]
     x_adv = s.last[1]
     assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+@pytest.mark.parametrize("norm,eps", [("2", [0, 1, 3, 100]), ("inf", [0, 0.1, 0.3, 1])])
+def test_hsj_uses_labels_only_and_counts_perturbations_within_eps(run, norm, eps,
+                                                                   monkeypatch):
+    """HopSkipJump through ART: no gradient asked for; eps 0 is the clean accuracy (an image
+    already wrong stays wrong); the whole box breaks every digit; seeded, so a rerun equals."""
+    runs = []
+    for _ in range(2):
+        s, _ = sweep(run, attack="hsj", attack_norm=norm, eps=eps, attack_images=12,
+                     hsj_iter=3, hsj_evals=100)
+        for gradient in ("loss_gradient", "class_gradient"):
+            monkeypatch.setattr(s.classifier, gradient, lambda *a, **k: pytest.fail("gradient"))
+        runs.append(([r.adv_acc for r in s.run("hsj", norm)], s.last))
+    (found, (x, x_adv, clean_pred, pred, y)), again = runs
+    assert found[0] == 100 * (clean_pred == y).mean() and found[-1] == 0
+    assert found == sorted(found, reverse=True)
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (x_adv[clean_pred != y] == x[clean_pred != y]).all()
+    assert again[0] == found and (again[1][1] == x_adv).all()
+
+
+def test_hsj_flags_without_hsj_are_refused(run, capsys):
+    rc, _, err = cli(["--todo", "attack", "--load-path", run, "--hsj-evals", "500"], capsys)
+    assert rc == 2 and "--hsj-evals applies to --attack hsj; remove it or add hsj" in err
 
 
 def test_outputs_append_and_plot(run, tmp_path):

@@ -73,6 +73,8 @@ BAD_INPUTS = [
     (["--todo", "advtrain", "--adv-fraction", "1.5"], "--adv-fraction 1.5: the adversarial share"),
     (["--todo", "advtrain", "--train-attack-step", "0"], "--train-attack-step 0: give 1 to"),
     (["--todo", "advtrain", "--attack-images", "0"], "--attack-images 0: give 1 or more"),
+    (["--todo", "advtrain", "--hsj-iter", "5"], "--hsj-iter only applies with --todo attack"),
+    (["--hsj-evals", "0"], "--hsj-evals 0: give 1 to 10,000,000 queries"),
     (["--dropouts", "1", "1", "1"], "--dropouts has 3 entries but the model has 2 layers"),
     (["--dropouts", "0", "1"], "--dropouts 0: a keep probability is in (0, 1]"),
     (["--dropouts", "1", "1.2"], "--dropouts 1.2: a keep probability is in (0, 1]"),
