@@ -164,6 +164,7 @@ class Sweep:
                                          self.predict_step, NORMALISATION.get(args.task),
                                          args.alg == "BP")
         self.last: tuple[np.ndarray, ...] = ()
+        self.minimal: tuple | None = None  # a minimal-perturbation attack's result
 
     def images(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         idx = subset(len(self.test), n, self.args.seed, self.test.x.device)
@@ -181,28 +182,36 @@ class Sweep:
         x, y = self.images(image_count(args, name, len(self.test)))
         clean_pred = self.predict(x)
         clean_acc = 100.0 * float((clean_pred == y).mean())
-        minimal = None
+        self.minimal = None
         for eps in eps_values(args, norm):
-            np.random.seed(args.seed)  # ART draws its random starts and squares from numpy
-            torch.manual_seed(args.seed)
             start = time.time()
-            desc = f"{name} L{norm} eps {eps:.3g}"
-            if name in MINIMAL:  # an image counts as broken where its perturbation fits eps
-                if minimal is None:
-                    minimal = (*self.smallest(name, norm, x, y, clean_pred), time.time() - start)
-                inside = minimal[2] <= eps
-                x_adv = np.where(inside.reshape(-1, *[1] * (x.ndim - 1)), minimal[0], x)
-                pred, seconds = np.where(inside, minimal[1], clean_pred), minimal[3]
-            else:
-                no_budget = eps == 0 and name in ("square", "autoattack")  # ART needs eps > 0
-                x_adv = x if no_budget else self.generate(name, norm, eps, x, y, desc)
-                pred, seconds = self.predict(x_adv), time.time() - start
+            x_adv, pred = self.adversarial(name, norm, eps, x, y, clean_pred)
+            seconds = self.minimal[3] if name in MINIMAL else time.time() - start
             row = Row(name, norm, float(eps), clean_acc, 100.0 * float((pred == y).mean()),
                       len(y), self.attack_step, self.predict_step, seconds)
             tqdm.write(f"{name} L{norm} eps {eps:.4g}: clean {clean_acc:.2f}%, adversarial "
                        f"{row.adv_acc:.2f}% ({len(y)} images, {seconds:.1f}s)")
             self.last = (x, x_adv, clean_pred, pred, y)
             yield row
+
+    def adversarial(self, name: str, norm: str, eps: float, x: np.ndarray, y: np.ndarray,
+                    clean_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`name`'s adversarial images of x at eps and the model's predictions on them (a
+        minimal-perturbation attack runs once, kept in self.minimal for the other eps)."""
+        np.random.seed(self.args.seed)  # ART draws its random starts and squares from numpy
+        torch.manual_seed(self.args.seed)
+        if name in MINIMAL:  # an image counts as broken where its perturbation fits eps
+            if self.minimal is None:
+                start = time.time()
+                self.minimal = (*self.smallest(name, norm, x, y, clean_pred), time.time() - start)
+            found, pred, dist, _ = self.minimal
+            inside = dist <= eps
+            return (np.where(inside.reshape(-1, *[1] * (x.ndim - 1)), found, x),
+                    np.where(inside, pred, clean_pred))
+        no_budget = eps == 0 and name in ("square", "autoattack")  # ART needs eps > 0
+        x_adv = x if no_budget else self.generate(name, norm, eps, x, y,
+                                                  f"{name} L{norm} eps {eps:.3g}")
+        return x_adv, self.predict(x_adv)
 
     def smallest(self, name: str, norm: str, x: np.ndarray, y: np.ndarray,
                  clean_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -19,17 +19,19 @@ from model_utils import (ACTIVATIONS, POOLS, PRECISIONS, EnergyNet, LCAConfig, b
 # the family of each model: its layer lists (EPLCACNN is the seed scripts' name of LCACNN)
 MODELS = {"MLP": "mlp", "CNN": "cnn", "VFMLP": "mlp", "VFCNN": "cnn", "LCACNN": "lca",
           "EPLCACNN": "lca"}
-TODOS = {"train", "evaluate", "gducheck", "attack", "advtrain"}
+TODOS = {"train", "evaluate", "gducheck", "attack", "advtrain", "characteristic"}
 TRAINING_TODOS = ("train", "advtrain")
 ALGS, LOSSES, OPTIMS = ("EP", "BPTT", "BP"), ("mse", "cel"), ("sgd", "adam")
 CONV_LISTS = ("kernels", "strides", "paddings", "pools")
 CONV_FLAGS = ("channels",) + CONV_LISTS + ("fc",)
 # the attack flags and the todos they apply to
-ATTACK_FLAGS = {"attack": ("attack",), "attack_step": ("attack",), "predict_step": ("attack",),
-                "image_print": ("attack",), "train_attack_step": ("advtrain",),
-                "adv_fraction": ("advtrain",), "eps": ("attack", "advtrain"),
-                "attack_norm": ("attack", "advtrain"), "attack_images": ("attack", "advtrain"),
-                "hsj_iter": ("attack",), "hsj_evals": ("attack",)}
+ATTACK_FLAGS = {"attack": ("attack", "characteristic"), "attack_step": ("attack", "characteristic"),
+                "predict_step": ("attack",), "image_print": ("attack",),
+                "train_attack_step": ("advtrain",), "adv_fraction": ("advtrain",),
+                "eps": ("attack", "advtrain", "characteristic"),
+                "attack_norm": ("attack", "advtrain", "characteristic"),
+                "attack_images": ("attack", "advtrain", "characteristic"),
+                "hsj_iter": ("attack", "characteristic"), "hsj_evals": ("attack", "characteristic")}
 LCA_FLAGS = ("n_feats", "lca_lambda", "tau", "eta", "lca_stride", "lca_iters", "dict_loss",
              "lca_feedback", "lca_signed", "lca_raw_input")
 # --dict_loss: what trains the dictionary (the seed scripts write combo for both)
@@ -239,7 +241,7 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     if args.softmax and args.loss != "cel":
         raise FlagError("--softmax needs --loss cel: the read-out is trained with cross-entropy",
                         "softmax", "loss")
-    if args.todo in ("evaluate", "attack") and not args.load_path:
+    if args.todo in ("evaluate", "attack", "characteristic") and not args.load_path:
         raise UsageError(f"--todo {args.todo} needs --load-path DIR (a results folder with "
                          "model.pt)")
     check_attack(args, typed)
@@ -364,9 +366,14 @@ def check_vf_and_gdu(args: Namespace, typed: set[str]) -> None:
 
 def check_attack(args: Namespace, typed: set[str]) -> None:
     """--attack, --attack-norm and --eps fit each other; advtrain trains at one radius."""
-    if args.todo not in ("attack", "advtrain"):
+    if args.todo not in ("attack", "advtrain", "characteristic"):
         return
     from attack import ATTACKS, NORMS  # ART takes 2 s to load: only where attacks are asked for
+
+    if args.todo == "characteristic":
+        check_characteristic(args, typed)
+        if args.attack is None:
+            return
 
     for dest in ("attack_step", "predict_step", "train_attack_step"):
         if dest in typed and args.alg == "BP":
@@ -395,6 +402,25 @@ def check_attack(args: Namespace, typed: set[str]) -> None:
                 raise FlagError(f"{flag(dest)}: --todo advtrain trains at one radius in one "
                                 "norm; give one value", dest)
         args.adv_fraction = 1.0 if args.adv_fraction is None else args.adv_fraction
+
+
+def check_characteristic(args: Namespace, typed: set[str]) -> None:
+    """--todo characteristic: the free dynamics of an EP or BPTT run, on clean images or on
+    one attack's at one radius in one norm."""
+    if args.alg == "BP":
+        raise FlagError("--todo characteristic follows the free steps of a prediction; a "
+                        "BP-trained model (--alg BP) predicts feed-forward, without them",
+                        "alg")
+    if args.attack is None:
+        for dest in ("eps", "attack_norm", "attack_step", "hsj_iter", "hsj_evals"):
+            if dest in typed:
+                raise FlagError(f"{flag(dest)} applies to the adversarial images of --attack "
+                                "NAME; add --attack (e.g. pgd) or remove it", dest)
+        return
+    for dest in ("attack", "eps", "attack_norm"):
+        if len(entries(args, dest)) > 1:
+            raise FlagError(f"{flag(dest)}: --todo characteristic follows one attack at one "
+                            "radius in one norm; give one value", dest)
 
 
 def check_lca(args: Namespace, typed: set[str]) -> None:

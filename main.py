@@ -115,7 +115,8 @@ def build_parser() -> Parser:
     g = p.add_argument_group("training")
     g.add_argument("--todo", default="train", help="train, evaluate, gducheck (EP updates vs "
                    "BPTT gradients on one batch), attack (a trained run, through ART), "
-                   "advtrain (train on PGD examples)")
+                   "advtrain (train on PGD examples), characteristic (when a trained run's "
+                   "predictions settle)")
     g.add_argument("--alg", default="EP", help="EP, BPTT or BP (feed-forward backprop)")
     g.add_argument("--T1", type=int, default=30, help="free-phase steps")
     g.add_argument("--T2", type=int, default=10,
@@ -452,6 +453,40 @@ def attack(job: Job) -> int:
     return 0
 
 
+def characteristic(job: Job) -> int:
+    """How long the --load-path run's best model takes to settle its predictions, on the test
+    images or on one attack's adversarial images (characteristic.py)."""
+    import characteristic as ch
+    from attack import Sweep, attack_norms, eps_values, image_count
+    from data_utils import normalise
+
+    args, run_dir = job.args, Path(job.args.load_path)
+    best = load_best(job)
+    check_writable(run_dir, "the characteristic time's files")
+    sweep = Sweep(job.model, job.test, args)
+    name = args.attack[0] if args.attack else None
+    x, y = sweep.images(image_count(args, name, len(job.test)))
+    suffix, what = "", "test images"
+    if name is not None:
+        norm = attack_norms(args)[0]
+        eps = eps_values(args, norm)[-1]
+        x, _ = sweep.adversarial(name, norm, eps, x, y, sweep.predict(x))
+        suffix, what = f"_{name}_L{norm}_eps{eps:g}", f"{name} L{norm} eps {eps:g} images"
+    device = job.test.x.device
+    x = normalise(torch.from_numpy(x).to(device), args.task)
+    y = torch.from_numpy(y).to(device)
+    print(f"characteristic time of {BEST_MODEL} of {run_dir} (epoch {best['epoch']}): "
+          f"{args.T1} free steps on {len(y)} {what}")
+    trajectory = ch.trajectory(job.model, x, args.T1, args.mbs)
+    rows, times = trajectory.table(y), trajectory.settling_times()
+    written = ch.write(run_dir, suffix, rows, times)
+    path = run_dir / f"characteristic{suffix}.png"
+    plots.plot_characteristic(rows, times.cpu().numpy(), path, f"{args.model}, {what}")
+    print(ch.summary(rows, times))
+    print(f"written: {', '.join(str(p) for p in written)}, {path.name}")
+    return 0
+
+
 def advtrain(job: Job) -> int:
     """Training on PGD examples made against the current model (or its resume)."""
     from attack import adversary
@@ -462,7 +497,7 @@ def advtrain(job: Job) -> int:
 
 
 TODOS = {"train": train, "evaluate": evaluate, "gducheck": gducheck, "attack": attack,
-         "advtrain": advtrain}
+         "advtrain": advtrain, "characteristic": characteristic}
 
 
 def run(argv: list[str]) -> int:

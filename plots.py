@@ -197,3 +197,27 @@ def plot_adversarial_examples(x, x_adv, clean_pred, adv_pred, y, path: Path, n: 
     fig.suptitle(f"{title}: predicted labels, red where wrong")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_characteristic(rows: list[dict], times: np.ndarray, path: Path, title: str) -> None:
+    """characteristic.png: accuracy and settled share against the free step, the states' mean
+    relative change per step, and the histogram of the images' characteristic times."""
+    steps = [r["step"] for r in rows]
+    fig, (acc, change, hist) = plt.subplots(1, 3, figsize=(16, 4))
+    acc.plot(steps, [r["accuracy"] for r in rows], label="accuracy")
+    acc.plot(steps, [r["settled"] for r in rows], label="prediction settled for good")
+    acc.set_xlabel("free step")
+    acc.set_ylabel("% of the images")
+    acc.set_ylim(0, 100)
+    acc.legend(fontsize=8)
+    change.semilogy(steps, [max(r["change_mean"], 1e-30) for r in rows])
+    change.set_xlabel("free step")
+    change.set_ylabel("mean relative change of the states")
+    hist.hist(times, bins=min(50, max(steps)), range=(0.5, max(steps) + 0.5))
+    hist.set_xlabel("characteristic time (step)")
+    hist.set_ylabel("images")
+    for ax in (acc, change, hist):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)

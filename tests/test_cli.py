@@ -59,7 +59,7 @@ BAD_INPUTS = [
     (LCA + ["--lca_feedback", "0"], "--lca_feedback 0: the top-down scale must be in (0, 100]"),
     (LCA + ["--n_feats", "0"], "--n_feats 0: a number of atoms must be at least 1"),
     (["--todo", "attack"], "--todo attack needs --load-path DIR"),
-    (["--attack", "pgd"], "--attack only applies with --todo attack; remove it"),
+    (["--attack", "pgd"], "--attack only applies with --todo attack or --todo characteristic;"),
     (["--adv-fraction", "0.5"], "--adv-fraction only applies with --todo advtrain"),
     (["--todo", "advtrain", "--attack-step", "5"], "--attack-step only applies with --todo attack"),
     (["--todo", "advtrain", "--attack", "pgd"], "--attack only applies with --todo attack"),
