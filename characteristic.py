@@ -22,7 +22,7 @@ from model_utils import EnergyNet
 from results import atomic_write_bytes, atomic_write_text
 from solvers import Solver, relative_change
 
-COLUMNS = ("step", "accuracy", "settled", "change_mean", "change_max")
+COLUMNS = ("step", "accuracy", "settled", "residual_mean", "residual_max")
 
 
 @dataclass
@@ -43,8 +43,8 @@ class Trajectory:
         times = self.settling_times()
         return [{"step": t + 1, "accuracy": 100 * (self.preds[:, t] == y).double().mean().item(),
                  "settled": 100 * (times <= t + 1).double().mean().item(),
-                 "change_mean": self.change[:, t].mean().item(),
-                 "change_max": self.change[:, t].max().item()}
+                 "residual_mean": self.change[:, t].mean().item(),
+                 "residual_max": self.change[:, t].max().item()}
                 for t in range(self.preds.shape[1])]
 
 
@@ -90,4 +90,4 @@ def summary(rows: list[dict], times: Tensor) -> str:
     return (f"accuracy after step {rows[-1]['step']}: {rows[-1]['accuracy']:.2f}%; "
             f"characteristic time: median {t.median().item():g}, mean {t.mean().item():.1f}, "
             f"90th percentile {t.quantile(0.9).item():g} steps; last step's change: mean "
-            f"{rows[-1]['change_mean']:.2g}, largest {rows[-1]['change_max']:.2g}")
+            f"{rows[-1]['residual_mean']:.2g}, largest {rows[-1]['residual_max']:.2g}")

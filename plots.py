@@ -210,7 +210,7 @@ def plot_characteristic(rows: list[dict], times: np.ndarray, path: Path, title: 
     acc.set_ylabel("% of the images")
     acc.set_ylim(0, 100)
     acc.legend(fontsize=8)
-    change.semilogy(steps, [max(r["change_mean"], 1e-30) for r in rows])
+    change.semilogy(steps, [max(r["residual_mean"], 1e-30) for r in rows])
     change.set_xlabel("free step")
     change.set_ylabel("mean relative change of the states")
     hist.hist(times, bins=min(50, max(steps)), range=(0.5, max(steps) + 0.5))
