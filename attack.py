@@ -40,6 +40,7 @@ ADVTRAIN_IMAGES = 200
 # one run finds each image's smallest adversarial perturbation: it serves every eps
 MINIMAL = ("cw", "hsj")
 RESULTS_FILE, PLOT_FILE = "Adversarial_Accuracy.txt", "adversarial_accuracy.png"
+STEPS_PLOT_FILE = "adversarial_accuracy_steps.png"
 
 
 @dataclass
@@ -66,19 +67,27 @@ def art_norm(norm: str) -> float:
     return np.inf if norm == "inf" else 2
 
 
-def attack_steps(model: EnergyNet, args: Namespace, dest: str) -> int:
-    """The free steps an attack's gradient unrolls (flag `dest`, default --T1; 0 for a
-    BP-trained model, attacked feed-forward), at least one per layer: the input reaches the
-    output only after that many, and fewer give no gradient."""
+def attack_steps(model: EnergyNet, args: Namespace, dest: str) -> list[int]:
+    """The free steps an attack's gradient unrolls (flag `dest`: one value or several, default
+    --T1; 0 for a BP-trained model, attacked feed-forward), each at least one per layer: the
+    input reaches the output only after that many, and fewer give no gradient."""
     if args.alg == "BP":
-        return 0
-    steps = getattr(args, dest) or args.T1
-    if steps < model.n_states:
-        flag = "--" + dest.replace("_", "-") if getattr(args, dest) else "--T1"
-        raise UsageError(f"{flag} {steps}: the input reaches the output only after "
-                         f"{model.n_states} free steps (one per layer), so fewer give the attack "
-                         f"no gradient; give at least {model.n_states}")
-    return steps
+        return [0]
+    typed = getattr(args, dest)
+    values = [args.T1] if not typed else typed if isinstance(typed, list) else [typed]
+    for steps in values:
+        if steps < model.n_states:
+            flag = "--" + dest.replace("_", "-") if typed else "--T1"
+            raise UsageError(f"{flag} {steps}: the input reaches the output only after "
+                             f"{model.n_states} free steps (one per layer), so fewer give the "
+                             f"attack no gradient; give at least {model.n_states}")
+    return values
+
+
+def predict_steps(args: Namespace) -> list[int]:
+    """The free steps of the predictions under attack (--predict-step, default --T1; 0 for a
+    BP-trained model)."""
+    return [0] if args.alg == "BP" else args.predict_step or [args.T1]
 
 
 def make_attack(name: str, classifier, norm: str, eps: float, mbs: int,
@@ -155,11 +164,15 @@ class Sweep:
     model: EnergyNet
     test: Split
     args: Namespace
+    attack_step: int | None = None  # default: the first of --attack-step (--T1)
+    predict_step: int | None = None  # default: the first of --predict-step (--T1)
 
     def __post_init__(self):
         args = self.args
-        self.attack_step = attack_steps(self.model, args, "attack_step")
-        self.predict_step = 0 if args.alg == "BP" else args.predict_step or args.T1
+        if self.attack_step is None:
+            self.attack_step = attack_steps(self.model, args, "attack_step")[0]
+        if self.predict_step is None:
+            self.predict_step = predict_steps(args)[0]
         self.classifier = art_classifier(self.model, self.test.x.shape[1:], self.attack_step,
                                          self.predict_step, NORMALISATION.get(args.task),
                                          args.alg == "BP")
@@ -331,7 +344,7 @@ def adversary(model: EnergyNet, test: Split, args: Namespace) -> AdversarialBatc
     """advtrain's adversary from the flags (--eps default: 8/255 for Linf, 1 for L2)."""
     norm = attack_norms(args)[0]
     eps = args.eps[0] if args.eps else DEFAULT_EPS[norm][-1]
-    steps = attack_steps(model, args, "train_attack_step")
+    steps = attack_steps(model, args, "train_attack_step")[0]
     idx = subset(len(test), args.attack_images or ADVTRAIN_IMAGES, args.seed, test.x.device)
     return AdversarialBatches(model, args.task, norm, eps, args.adv_fraction, steps, args.T1,
                               args.mbs, Split(test.x[idx], test.y[idx]), args.alg == "BP")

@@ -417,10 +417,10 @@ def check_characteristic(args: Namespace, typed: set[str]) -> None:
                 raise FlagError(f"{flag(dest)} applies to the adversarial images of --attack "
                                 "NAME; add --attack (e.g. pgd) or remove it", dest)
         return
-    for dest in ("attack", "eps", "attack_norm"):
+    for dest in ("attack", "eps", "attack_norm", "attack_step"):
         if len(entries(args, dest)) > 1:
             raise FlagError(f"{flag(dest)}: --todo characteristic follows one attack at one "
-                            "radius in one norm; give one value", dest)
+                            "radius in one norm, through one unroll; give one value", dest)
 
 
 def check_lca(args: Namespace, typed: set[str]) -> None:

@@ -201,9 +201,9 @@ def build_parser() -> Parser:
                    help="hsj: HopSkipJump's iterations per image (ART's default 50)")
     g.add_argument("--hsj-evals", type=int, default=10000, metavar="N",
                    help="hsj: most queries for one gradient estimate (ART's default 10000)")
-    g.add_argument("--attack-step", type=int, default=None, metavar="T",
+    g.add_argument("--attack-step", type=int, nargs="+", default=None, metavar="T",
                    help="free steps the attack's gradient unrolls (default --T1)")
-    g.add_argument("--predict-step", type=int, default=None, metavar="T",
+    g.add_argument("--predict-step", type=int, nargs="+", default=None, metavar="T",
                    help="free steps of the predictions under attack (default --T1)")
     g.add_argument("--image-print", type=int, default=None, metavar="N",
                    help="save this many clean/adversarial pairs per attack and norm as a PNG")
@@ -420,12 +420,15 @@ def check_writable(run_dir: Path, what: str) -> None:
 
 
 def attack(job: Job) -> int:
-    """The attack sweep on the --load-path run's best model (through ART): rows appended to
-    its Adversarial_Accuracy.txt, the accuracy plot and --image-print grids beside it."""
-    from attack import HEADER, PLOT_FILE, RESULTS_FILE, Sweep, attack_norms, read_rows
+    """The attack sweep on the --load-path run's best model (through ART), for every pair of
+    --attack-step and --predict-step: rows appended to its Adversarial_Accuracy.txt, the
+    accuracy plots and --image-print grids beside it."""
+    from attack import (HEADER, PLOT_FILE, RESULTS_FILE, STEPS_PLOT_FILE, Sweep, attack_norms,
+                        attack_steps, predict_steps, read_rows)
 
     args, run_dir = job.args, Path(job.args.load_path)
     best = load_best(job)
+    unrolls, predictions = attack_steps(job.model, args, "attack_step"), predict_steps(args)
     path = run_dir / RESULTS_FILE
     try:  # a read-only folder fails here, before any attack has run
         append_text(path, f"# {datetime.now():%Y-%m-%d %H:%M:%S}  python main.py "
@@ -433,23 +436,30 @@ def attack(job: Job) -> int:
     except OSError as e:
         raise UsageError(f"--load-path {run_dir}: cannot write {RESULTS_FILE} there "
                          f"({e.strerror}); attack a copy of the folder") from None
-    sweep = Sweep(job.model, job.test, args)
+    sweeps = [Sweep(job.model, job.test, args, a, p) for a in unrolls for p in predictions]
     steps = ("feed-forward (a BP-trained model)" if args.alg == "BP" else
-             f"gradient through {sweep.attack_step} free steps, predictions after "
-             f"{sweep.predict_step}")
+             f"gradient through {', '.join(map(str, unrolls))} free steps, predictions after "
+             f"{', '.join(map(str, predictions))}")
     print(f"attacking {BEST_MODEL} of {run_dir} (epoch {best['epoch']}): "
           f"{', '.join(args.attack)}; {steps}")
+    written = [path.name, PLOT_FILE]
     for name in args.attack:
         for norm in attack_norms(args) if name != "cw" else ["2"]:
-            for row in sweep.run(name, norm):
-                append_text(path, row.line() + "\n")
-            plots.plot_adversarial(read_rows(path), run_dir / PLOT_FILE)
-            if args.image_print:
-                grid = run_dir / f"adversarial_examples_{name}_L{norm}.png"
-                plots.plot_adversarial_examples(*sweep.last, path=grid, n=args.image_print,
-                                                title=f"{name} L{norm} eps {row.eps:.3g}")
-    print(f"written: {path}, {PLOT_FILE}" + (", adversarial_examples_*.png"
-                                             if args.image_print else ""))
+            for sweep in sweeps:
+                for row in sweep.run(name, norm):
+                    append_text(path, row.line() + "\n")
+                plots.plot_adversarial(read_rows(path), run_dir / PLOT_FILE)
+                if args.image_print:
+                    pair = f"_{sweep.attack_step}-{sweep.predict_step}" if len(sweeps) > 1 else ""
+                    grid = run_dir / f"adversarial_examples_{name}_L{norm}{pair}.png"
+                    plots.plot_adversarial_examples(*sweep.last, path=grid, n=args.image_print,
+                                                    title=f"{name} L{norm} eps {row.eps:.3g}")
+    if len(sweeps) > 1:
+        plots.plot_adversarial_steps(read_rows(path), run_dir / STEPS_PLOT_FILE)
+        written.append(STEPS_PLOT_FILE)
+    if args.image_print:
+        written.append("adversarial_examples_*.png")
+    print(f"written in {run_dir}: {', '.join(written)}")
     return 0
 
 

@@ -221,3 +221,31 @@ def plot_characteristic(rows: list[dict], times: np.ndarray, path: Path, title: 
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_adversarial_steps(rows: list, path: Path) -> None:
+    """adversarial_accuracy_steps.png: adversarial accuracy against the free steps of the
+    attack's unroll (or of the predictions, whichever the rows vary more), a panel per attack
+    and norm, a line per eps and other step count (the latest row of each)."""
+    x_key = ("attack_step" if len({r.attack_step for r in rows}) >=
+             len({r.predict_step for r in rows}) else "predict_step")
+    other = "predict_step" if x_key == "attack_step" else "attack_step"
+    panels = sorted({(r.attack, r.norm) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (attack, norm) in zip(axes[0], panels):
+        lines: dict[tuple, dict[int, float]] = {}
+        for r in rows:
+            if (r.attack, r.norm) == (attack, norm) and r.eps > 0:
+                lines.setdefault((r.eps, getattr(r, other)), {})[getattr(r, x_key)] = r.adv_acc
+        for (eps, steps), by_x in sorted(lines.items()):
+            xs = sorted(by_x)
+            ax.plot(xs, [by_x[x] for x in xs], "o-",
+                    label=f"eps {eps:.3g}, {other.replace('_', ' ')} {steps}")
+        ax.set_title(f"{attack} L{norm}")
+        ax.set_xlabel(f"free steps of the {'attack' if x_key == 'attack_step' else 'prediction'}")
+        ax.set_ylabel("adversarial accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -171,6 +171,23 @@ def test_outputs_append_and_plot(run, tmp_path):
     assert not (folder / "adversarial_examples_fgsm_Linf.png").exists()
 
 
+def test_every_pair_of_attack_and_predict_steps_gets_its_row(run, tmp_path):
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for f in run.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    flags = ["--attack", "fgsm", "--eps", "0.05", "0.1", "--attack-images", "50"]
+    found = attack_cli(folder, *flags, "--attack-step", "3", "10", "--predict-step", "6", "12")
+    assert [(r.attack_step, r.predict_step) for r in found] == [
+        (a, p) for a in (3, 10) for p in (6, 12) for _ in (0.05, 0.1)]
+    assert len({r.adv_acc for r in found}) > 2  # the steps matter
+    assert (folder / attack.STEPS_PLOT_FILE).read_bytes().startswith(b"\x89PNG")
+    for a, p in [(3, 12), (10, 6)]:  # each pair as its own call gives the same rows
+        alone = attack_cli(folder, *flags, "--attack-step", str(a), "--predict-step", str(p))
+        assert [r.adv_acc for r in alone[-2:]] == [
+            r.adv_acc for r in found if (r.attack_step, r.predict_step) == (a, p)]
+
+
 def test_a_read_only_run_folder_fails_before_attacking(run, capsys, monkeypatch):
     import main
 
