@@ -55,12 +55,15 @@ class Row:
     attack_step: int
     predict_step: int
     seconds: float
+    source: str = ""  # --todo transfer: the run whose examples these were (else no column)
 
     def line(self) -> str:
-        return "\t".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in astuple(self))
+        values = astuple(self) if self.source else astuple(self)[:-1]
+        return "\t".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in values)
 
 
-HEADER = "\t".join(f.name for f in fields(Row))
+TRANSFER_HEADER = "\t".join(f.name for f in fields(Row))
+HEADER = TRANSFER_HEADER.rsplit("\t", 1)[0]
 
 
 def art_norm(norm: str) -> float:
@@ -178,14 +181,18 @@ class Sweep:
                                          args.alg == "BP")
         self.last: tuple[np.ndarray, ...] = ()
         self.minimal: tuple | None = None  # a minimal-perturbation attack's result
+        self.examples: list[tuple[float, np.ndarray]] = []  # --save-examples: (eps, images)
 
     def images(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         idx = subset(len(self.test), n, self.args.seed, self.test.x.device)
         x = pixels(self.test.x[idx], self.args.task)
         return x.cpu().numpy(), self.test.y[idx].cpu().numpy()
 
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.classifier.predict(x, batch_size=self.args.mbs)
+
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.classifier.predict(x, batch_size=self.args.mbs).argmax(1)
+        return self.logits(x).argmax(1)
 
     def run(self, name: str, norm: str) -> Iterator[Row]:
         """Every eps of the sweep for one attack and norm, a row each; afterwards
@@ -195,11 +202,13 @@ class Sweep:
         x, y = self.images(image_count(args, name, len(self.test)))
         clean_pred = self.predict(x)
         clean_acc = 100.0 * float((clean_pred == y).mean())
-        self.minimal = None
+        self.minimal, self.examples = None, []
         for eps in eps_values(args, norm):
             start = time.time()
             x_adv, pred = self.adversarial(name, norm, eps, x, y, clean_pred)
             seconds = self.minimal[3] if name in MINIMAL else time.time() - start
+            if args.save_examples:
+                self.examples.append((eps, x_adv))
             row = Row(name, norm, float(eps), clean_acc, 100.0 * float((pred == y).mean()),
                       len(y), self.attack_step, self.predict_step, seconds)
             tqdm.write(f"{name} L{norm} eps {eps:.4g}: clean {clean_acc:.2f}%, adversarial "
@@ -278,7 +287,8 @@ def read_rows(path: Path) -> list[Row]:
     rows = []
     for line in path.read_text().splitlines():
         parts = line.split("\t")
-        if len(parts) != len(fields(Row)) or line.startswith(("#", "attack\t")):
+        if len(parts) not in (len(fields(Row)) - 1, len(fields(Row))) or line.startswith(
+                ("#", "attack\t")):
             continue
         kinds = [f.type for f in fields(Row)]
         cast = {"str": str, "float": float, "int": int}

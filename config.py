@@ -19,14 +19,15 @@ from model_utils import (ACTIVATIONS, POOLS, PRECISIONS, EnergyNet, LCAConfig, b
 # the family of each model: its layer lists (EPLCACNN is the seed scripts' name of LCACNN)
 MODELS = {"MLP": "mlp", "CNN": "cnn", "VFMLP": "mlp", "VFCNN": "cnn", "LCACNN": "lca",
           "EPLCACNN": "lca"}
-TODOS = {"train", "evaluate", "gducheck", "attack", "advtrain", "characteristic"}
+TODOS = {"train", "evaluate", "gducheck", "attack", "advtrain", "characteristic", "transfer"}
 TRAINING_TODOS = ("train", "advtrain")
 ALGS, LOSSES, OPTIMS = ("EP", "BPTT", "BP"), ("mse", "cel"), ("sgd", "adam")
 CONV_LISTS = ("kernels", "strides", "paddings", "pools")
 CONV_FLAGS = ("channels",) + CONV_LISTS + ("fc",)
 # the attack flags and the todos they apply to
 ATTACK_FLAGS = {"attack": ("attack", "characteristic"), "attack_step": ("attack", "characteristic"),
-                "predict_step": ("attack",), "image_print": ("attack",),
+                "predict_step": ("attack", "transfer"), "image_print": ("attack",),
+                "save_examples": ("attack",), "examples": ("transfer",),
                 "train_attack_step": ("advtrain",), "adv_fraction": ("advtrain",),
                 "eps": ("attack", "advtrain", "characteristic"),
                 "attack_norm": ("attack", "advtrain", "characteristic"),
@@ -241,9 +242,12 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     if args.softmax and args.loss != "cel":
         raise FlagError("--softmax needs --loss cel: the read-out is trained with cross-entropy",
                         "softmax", "loss")
-    if args.todo in ("evaluate", "attack", "characteristic") and not args.load_path:
+    if args.todo in ("evaluate", "attack", "characteristic", "transfer") and not args.load_path:
         raise UsageError(f"--todo {args.todo} needs --load-path DIR (a results folder with "
                          "model.pt)")
+    if args.todo == "transfer" and not args.examples:
+        raise UsageError("--todo transfer needs --examples FILE [FILE ...] (examples_*.npz of "
+                         "another run's --todo attack --save-examples)")
     check_attack(args, typed)
     if args.optim == "adam" and "mmt" in typed and "mmt" not in from_checkpoint:
         raise FlagError(f"--mmt {args.mmt:g}: --optim adam has no momentum; remove --mmt or use "

@@ -116,7 +116,7 @@ def build_parser() -> Parser:
     g.add_argument("--todo", default="train", help="train, evaluate, gducheck (EP updates vs "
                    "BPTT gradients on one batch), attack (a trained run, through ART), "
                    "advtrain (train on PGD examples), characteristic (when a trained run's "
-                   "predictions settle)")
+                   "predictions settle), transfer (a run on another's adversarial examples)")
     g.add_argument("--alg", default="EP", help="EP, BPTT or BP (feed-forward backprop)")
     g.add_argument("--T1", type=int, default=30, help="free-phase steps")
     g.add_argument("--T2", type=int, default=10,
@@ -205,6 +205,11 @@ def build_parser() -> Parser:
                    help="free steps the attack's gradient unrolls (default --T1)")
     g.add_argument("--predict-step", type=int, nargs="+", default=None, metavar="T",
                    help="free steps of the predictions under attack (default --T1)")
+    g.add_argument("--save-examples", action="store_true",
+                   help="attack: write examples_<attack>_L<norm>.npz (images, labels, logits) "
+                   "for --todo transfer")
+    g.add_argument("--examples", nargs="+", default=None, metavar="FILE",
+                   help="transfer: examples_*.npz files another run's attack saved")
     g.add_argument("--image-print", type=int, default=None, metavar="N",
                    help="save this many clean/adversarial pairs per attack and norm as a PNG")
     g.add_argument("--train-attack-step", type=int, default=None, metavar="T",
@@ -425,6 +430,7 @@ def attack(job: Job) -> int:
     accuracy plots and --image-print grids beside it."""
     from attack import (HEADER, PLOT_FILE, RESULTS_FILE, STEPS_PLOT_FILE, Sweep, attack_norms,
                         attack_steps, predict_steps, read_rows)
+    from transfer import examples_file, save_examples
 
     args, run_dir = job.args, Path(job.args.load_path)
     best = load_best(job)
@@ -449,17 +455,52 @@ def attack(job: Job) -> int:
                 for row in sweep.run(name, norm):
                     append_text(path, row.line() + "\n")
                 plots.plot_adversarial(read_rows(path), run_dir / PLOT_FILE)
+                pair = f"_{sweep.attack_step}-{sweep.predict_step}" if len(sweeps) > 1 else ""
+                if args.save_examples:
+                    save_examples(examples_file(run_dir, name, norm, pair), sweep, name, norm,
+                                  run_dir)
                 if args.image_print:
-                    pair = f"_{sweep.attack_step}-{sweep.predict_step}" if len(sweeps) > 1 else ""
                     grid = run_dir / f"adversarial_examples_{name}_L{norm}{pair}.png"
                     plots.plot_adversarial_examples(*sweep.last, path=grid, n=args.image_print,
                                                     title=f"{name} L{norm} eps {row.eps:.3g}")
     if len(sweeps) > 1:
         plots.plot_adversarial_steps(read_rows(path), run_dir / STEPS_PLOT_FILE)
         written.append(STEPS_PLOT_FILE)
+    if args.save_examples:
+        written.append("examples_*.npz")
     if args.image_print:
         written.append("adversarial_examples_*.png")
     print(f"written in {run_dir}: {', '.join(written)}")
+    return 0
+
+
+def transfer(job: Job) -> int:
+    """The --load-path run's best model on the examples another run's attack saved
+    (--examples): rows naming that run appended to its Adversarial_Accuracy.txt."""
+    from attack import PLOT_FILE, RESULTS_FILE, TRANSFER_HEADER, Sweep, read_rows
+    from transfer import load_examples, transfer_rows
+
+    args, run_dir = job.args, Path(job.args.load_path)
+    best = load_best(job)
+    files = [load_examples(f, tuple(job.test.x.shape[1:]), job.model.num_classes)
+             for f in args.examples]
+    path = run_dir / RESULTS_FILE
+    try:
+        append_text(path, f"# {datetime.now():%Y-%m-%d %H:%M:%S}  python main.py "
+                    f"{shlex.join(job.argv)}\n{TRANSFER_HEADER}\n")
+    except OSError as e:
+        raise UsageError(f"--load-path {run_dir}: cannot write {RESULTS_FILE} there "
+                         f"({e.strerror}); use a copy of the folder") from None
+    sweep = Sweep(job.model, job.test, args)
+    print(f"transfer to {BEST_MODEL} of {run_dir} (epoch {best['epoch']}), predictions after "
+          f"{sweep.predict_step} free steps")
+    for examples in files:
+        for row in transfer_rows(sweep, examples):
+            append_text(path, row.line() + "\n")
+            print(f"{row.attack} L{row.norm} eps {row.eps:.4g} from {row.source}: clean "
+                  f"{row.clean_acc:.2f}%, adversarial {row.adv_acc:.2f}% ({row.images} images)")
+    plots.plot_adversarial(read_rows(path), run_dir / PLOT_FILE)
+    print(f"written in {run_dir}: {RESULTS_FILE}, {PLOT_FILE}")
     return 0
 
 
@@ -507,7 +548,7 @@ def advtrain(job: Job) -> int:
 
 
 TODOS = {"train": train, "evaluate": evaluate, "gducheck": gducheck, "attack": attack,
-         "advtrain": advtrain, "characteristic": characteristic}
+         "advtrain": advtrain, "characteristic": characteristic, "transfer": transfer}
 
 
 def run(argv: list[str]) -> int:

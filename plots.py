@@ -148,20 +148,22 @@ def plot_gdu_rmse(metrics: dict[str, dict], path: Path) -> None:
 
 def plot_adversarial(rows: list, path: Path) -> None:
     """adversarial_accuracy.png: adversarial accuracy against eps, a panel per norm and a line
-    per attack (and step counts; an eps measured twice shows its latest row), clean accuracy
-    dotted."""
+    per attack (and step counts, and source run for transferred examples, dashed; an eps
+    measured twice shows its latest row), clean accuracy dotted."""
     norms = sorted({r.norm for r in rows}, key=lambda n: n != "inf")
     fig, axes = plt.subplots(1, len(norms), figsize=(6 * len(norms), 4), squeeze=False)
     for ax, norm in zip(axes[0], norms):
         lines: dict[tuple, dict[float, object]] = {}
         for r in rows:
             if r.norm == norm:
-                lines.setdefault((r.attack, r.attack_step, r.predict_step), {})[r.eps] = r
-        for (attack, a_step, p_step), by_eps in lines.items():
+                key = (r.attack, r.attack_step, r.predict_step, r.source)
+                lines.setdefault(key, {})[r.eps] = r
+        for (attack, a_step, p_step, source), by_eps in lines.items():
             eps = sorted(e for e in by_eps if e > 0)  # eps 0 is the clean line
             steps = "" if a_step == 0 else f", {a_step}/{p_step} steps"
-            line, = ax.plot(eps, [by_eps[e].adv_acc for e in eps], "o-",
-                            label=f"{attack}{steps}")
+            origin = f" from {'/'.join(Path(source).parts[-3:])}" if source else ""
+            line, = ax.plot(eps, [by_eps[e].adv_acc for e in eps], "o-" if not source else "s--",
+                            label=f"{attack}{steps}{origin}")
             ax.axhline(by_eps[max(by_eps)].clean_acc, color=line.get_color(), ls=":", lw=1)
         if any(r.eps > 0 for r in rows if r.norm == norm):
             ax.set_xscale("log")
