@@ -19,8 +19,11 @@ from model_utils import (ACTIVATIONS, POOLS, PRECISIONS, EnergyNet, LCAConfig, b
 # the family of each model: its layer lists (EPLCACNN is the seed scripts' name of LCACNN)
 MODELS = {"MLP": "mlp", "CNN": "cnn", "VFMLP": "mlp", "VFCNN": "cnn", "LCACNN": "lca",
           "EPLCACNN": "lca"}
-TODOS = {"train", "evaluate", "gducheck", "attack", "advtrain", "characteristic", "transfer"}
+TODOS = {"train", "evaluate", "gducheck", "attack", "advtrain", "characteristic", "transfer",
+         "corruptions"}
 TRAINING_TODOS = ("train", "advtrain")
+# the todos that read a trained run (--load-path) and write beside it
+READING_TODOS = ("evaluate", "attack", "characteristic", "transfer", "corruptions")
 ALGS, LOSSES, OPTIMS = ("EP", "BPTT", "BP"), ("mse", "cel"), ("sgd", "adam")
 CONV_LISTS = ("kernels", "strides", "paddings", "pools")
 CONV_FLAGS = ("channels",) + CONV_LISTS + ("fc",)
@@ -28,6 +31,7 @@ CONV_FLAGS = ("channels",) + CONV_LISTS + ("fc",)
 ATTACK_FLAGS = {"attack": ("attack", "characteristic"), "attack_step": ("attack", "characteristic"),
                 "predict_step": ("attack", "transfer"), "image_print": ("attack",),
                 "save_examples": ("attack",), "examples": ("transfer",),
+                "corruptions_dir": ("corruptions",),
                 "train_attack_step": ("advtrain",), "adv_fraction": ("advtrain",),
                 "eps": ("attack", "advtrain", "characteristic"),
                 "attack_norm": ("attack", "advtrain", "characteristic"),
@@ -103,6 +107,7 @@ ARCH_MIN = {"archi": (1, "a layer size"), "channels": (1, "a channel count"),
 # beyond these a model does not fit any memory: weights, and state numbers per sample
 MAX_WEIGHTS, MAX_UNITS = 2**31, 2**27
 PATH_FLAGS = {"load_path": "a results folder such as results/EP/mse/2026-01-01/12-00-00",
+              "corruptions_dir": "the folder of a -C benchmark, e.g. data/CIFAR-10-C",
               "results_dir": "a folder for the results (default: results)",
               "data_dir": "the folder of the torchvision datasets (default: ./data)"}
 FROM_CHECKPOINT = "saved in the --load-path run's checkpoint"
@@ -242,9 +247,12 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     if args.softmax and args.loss != "cel":
         raise FlagError("--softmax needs --loss cel: the read-out is trained with cross-entropy",
                         "softmax", "loss")
-    if args.todo in ("evaluate", "attack", "characteristic", "transfer") and not args.load_path:
+    if args.todo in READING_TODOS and not args.load_path:
         raise UsageError(f"--todo {args.todo} needs --load-path DIR (a results folder with "
                          "model.pt)")
+    if args.todo == "corruptions" and not args.corruptions_dir:
+        raise UsageError("--todo corruptions needs --corruptions-dir DIR (CIFAR-10-C, CIFAR-100-C "
+                         "or MNIST-C, as distributed; check/make_corruptions.py writes one)")
     if args.todo == "transfer" and not args.examples:
         raise UsageError("--todo transfer needs --examples FILE [FILE ...] (examples_*.npz of "
                          "another run's --todo attack --save-examples)")

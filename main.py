@@ -116,7 +116,8 @@ def build_parser() -> Parser:
     g.add_argument("--todo", default="train", help="train, evaluate, gducheck (EP updates vs "
                    "BPTT gradients on one batch), attack (a trained run, through ART), "
                    "advtrain (train on PGD examples), characteristic (when a trained run's "
-                   "predictions settle), transfer (a run on another's adversarial examples)")
+                   "predictions settle), transfer (a run on another's adversarial "
+                   "examples), corruptions (a run on common corruptions)")
     g.add_argument("--alg", default="EP", help="EP, BPTT or BP (feed-forward backprop)")
     g.add_argument("--T1", type=int, default=30, help="free-phase steps")
     g.add_argument("--T2", type=int, default=10,
@@ -205,6 +206,9 @@ def build_parser() -> Parser:
                    help="free steps the attack's gradient unrolls (default --T1)")
     g.add_argument("--predict-step", type=int, nargs="+", default=None, metavar="T",
                    help="free steps of the predictions under attack (default --T1)")
+    g.add_argument("--corruptions-dir", default=None, metavar="DIR",
+                   help="corruptions: CIFAR-10-C / CIFAR-100-C (<name>.npy, labels.npy) or "
+                   "MNIST-C (<name>/test_images.npy, test_labels.npy) folder")
     g.add_argument("--save-examples", action="store_true",
                    help="attack: write examples_<attack>_L<norm>.npz (images, labels, logits) "
                    "for --todo transfer")
@@ -474,6 +478,40 @@ def attack(job: Job) -> int:
     return 0
 
 
+def corruptions(job: Job) -> int:
+    """The --load-path run's best model on common corruptions (--corruptions-dir): a row per
+    corruption and severity in its Corruption_Accuracy.txt, and the heat map."""
+    import corruptions as cc
+
+    args, run_dir = job.args, Path(job.args.load_path)
+    best = load_best(job)
+    found = cc.find(Path(args.corruptions_dir))
+    shape, n = tuple(job.test.x.shape[1:]), len(job.test)
+    counts = [cc.severities(c, n, shape, job.model.num_classes) for c in found]
+    check_writable(run_dir, cc.RESULTS_FILE)
+    explicit = args.dynamics == "explicit"
+    clean = evaluate_split(job.model, job.test, args.alg, args.T1, explicit, args.mbs)["acc"]
+    print(f"corruptions of {args.corruptions_dir} on {BEST_MODEL} of {run_dir} (epoch "
+          f"{best['epoch']}): {len(found)} corruptions; clean test accuracy {clean:.2f}%")
+    path = run_dir / cc.RESULTS_FILE
+    append_text(path, f"# {datetime.now():%Y-%m-%d %H:%M:%S}  python main.py "
+                f"{shlex.join(job.argv)}\n{cc.HEADER}\n")
+    rows = []
+    for c, k in zip(found, counts):
+        for severity in range(1, k + 1):
+            split = cc.severity_split(c, severity, n, args.task, job.test.x.device)
+            acc = evaluate_split(job.model, split, args.alg, args.T1, explicit, args.mbs)["acc"]
+            rows.append(cc.CorruptionRow(c.name, severity, n, acc, clean))
+            append_text(path, rows[-1].line() + "\n")
+            print(f"{c.name} severity {severity}: {acc:.2f}%")
+    line = cc.summary(rows)
+    append_text(path, f"# {line}\n")
+    print(line)
+    plots.plot_corruptions(rows, run_dir / cc.PLOT_FILE)
+    print(f"written in {run_dir}: {cc.RESULTS_FILE}, {cc.PLOT_FILE}")
+    return 0
+
+
 def transfer(job: Job) -> int:
     """The --load-path run's best model on the examples another run's attack saved
     (--examples): rows naming that run appended to its Adversarial_Accuracy.txt."""
@@ -548,7 +586,8 @@ def advtrain(job: Job) -> int:
 
 
 TODOS = {"train": train, "evaluate": evaluate, "gducheck": gducheck, "attack": attack,
-         "advtrain": advtrain, "characteristic": characteristic, "transfer": transfer}
+         "advtrain": advtrain, "characteristic": characteristic, "transfer": transfer,
+         "corruptions": corruptions}
 
 
 def run(argv: list[str]) -> int:

@@ -251,3 +251,26 @@ def plot_adversarial_steps(rows: list, path: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_corruptions(rows: list, path: Path) -> None:
+    """corruption_accuracy.png: accuracy (%) per corruption (row) and severity (column), the
+    clean accuracy in the title."""
+    names = sorted({r.corruption for r in rows})
+    k = max(r.severity for r in rows)
+    acc = np.full((len(names), k), np.nan)
+    for r in rows:
+        acc[names.index(r.corruption), r.severity - 1] = r.accuracy
+    fig, ax = plt.subplots(figsize=(1.2 * k + 3, 0.4 * len(names) + 1.5))
+    image = ax.imshow(acc, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    for (i, j), v in np.ndenumerate(acc):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
+                    color="white" if v < 50 else "black")
+    ax.set_xticks(range(k), [str(s) for s in range(1, k + 1)])
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("severity")
+    ax.set_title(f"accuracy (%) under corruption; clean {rows[0].clean_acc:.1f}%")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    save_figure(fig, path)
