@@ -20,7 +20,7 @@ from model_utils import (ACTIVATIONS, POOLS, PRECISIONS, EnergyNet, LCAConfig, b
 MODELS = {"MLP": "mlp", "CNN": "cnn", "VFMLP": "mlp", "VFCNN": "cnn", "LCACNN": "lca",
           "EPLCACNN": "lca"}
 TODOS = {"train", "evaluate", "gducheck", "attack", "advtrain", "characteristic", "transfer",
-         "corruptions"}
+         "corruptions", "report"}
 TRAINING_TODOS = ("train", "advtrain")
 # the todos that read a trained run (--load-path) and write beside it
 READING_TODOS = ("evaluate", "attack", "characteristic", "transfer", "corruptions")
@@ -250,6 +250,12 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     if args.todo in READING_TODOS and not args.load_path:
         raise UsageError(f"--todo {args.todo} needs --load-path DIR (a results folder with "
                          "model.pt)")
+    if args.folders and args.todo != "report":
+        raise UsageError(f"{' '.join(args.folders)}: folders are given to --todo report only; "
+                         "other todos take --load-path DIR")
+    if args.todo == "report" and not args.folders:
+        raise UsageError("--todo report needs folders: --todo report DIR [DIR ...] (e.g. "
+                         "results/)")
     if args.todo == "corruptions" and not args.corruptions_dir:
         raise UsageError("--todo corruptions needs --corruptions-dir DIR (CIFAR-10-C, CIFAR-100-C "
                          "or MNIST-C, as distributed; check/make_corruptions.py writes one)")

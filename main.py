@@ -117,7 +117,8 @@ def build_parser() -> Parser:
                    "BPTT gradients on one batch), attack (a trained run, through ART), "
                    "advtrain (train on PGD examples), characteristic (when a trained run's "
                    "predictions settle), transfer (a run on another's adversarial "
-                   "examples), corruptions (a run on common corruptions)")
+                   "examples), corruptions (a run on common corruptions), report (a table of "
+                   "the runs under folders)")
     g.add_argument("--alg", default="EP", help="EP, BPTT or BP (feed-forward backprop)")
     g.add_argument("--T1", type=int, default=30, help="free-phase steps")
     g.add_argument("--T2", type=int, default=10,
@@ -206,6 +207,8 @@ def build_parser() -> Parser:
                    help="free steps the attack's gradient unrolls (default --T1)")
     g.add_argument("--predict-step", type=int, nargs="+", default=None, metavar="T",
                    help="free steps of the predictions under attack (default --T1)")
+    g.add_argument("folders", nargs="*", metavar="DIR",
+                   help="report: the folders whose runs it tabulates (searched recursively)")
     g.add_argument("--corruptions-dir", default=None, metavar="DIR",
                    help="corruptions: CIFAR-10-C / CIFAR-100-C (<name>.npy, labels.npy) or "
                    "MNIST-C (<name>/test_images.npy, test_labels.npy) folder")
@@ -258,8 +261,9 @@ def check_saved_types(saved: dict, where: str) -> None:
     names = {int: ("an integer", "integers"), float: ("a number", "numbers"),
              str: ("a string", "strings"), bool: ("true or false", "booleans")}
     for action in build_parser()._actions:
-        if action.dest not in saved or saved[action.dest] is None is action.default:
-            continue  # absent, or a flag left unset: its default applies
+        if action.dest not in saved or saved[action.dest] is None is action.default or (
+                not action.option_strings):
+            continue  # absent, a flag left unset (its default applies), or report's folders
         value = saved[action.dest]
         flags = (argparse._StoreTrueAction, argparse.BooleanOptionalAction)
         kind = bool if isinstance(action, flags) else action.type or str
@@ -478,6 +482,32 @@ def attack(job: Job) -> int:
     return 0
 
 
+def report(args: argparse.Namespace) -> int:
+    """--todo report DIR...: the table of every run under the folders (report.py); report.csv
+    and report_adversarial.png in the first folder."""
+    import report as rp
+
+    reports, skipped = rp.collect(args.folders)
+    for line in skipped:
+        print(line, file=sys.stderr)
+    if not reports:
+        raise UsageError(f"--todo report {' '.join(args.folders)}: no readable run folder "
+                         "there (one holds metrics.csv, model.pt or a checkpoint)")
+    root = Path(args.folders[0])
+    print(rp.markdown(rp.table(reports, root, rp.TABLE_EPS)))
+    try:
+        rp.write_csv(root / rp.CSV_FILE, rp.table(reports, root, None))
+        by_run = rp.adversarial_rows(reports, root)
+        if by_run:
+            plots.plot_report(by_run, root / rp.PLOT)
+    except OSError as e:
+        raise UsageError(f"--todo report: cannot write {rp.CSV_FILE} in {root} ({e.strerror}); "
+                         "the table is above") from None
+    print(f"{len(reports)} runs; written in {root}: {rp.CSV_FILE}"
+          + (f", {rp.PLOT}" if by_run else ""))
+    return 0
+
+
 def corruptions(job: Job) -> int:
     """The --load-path run's best model on common corruptions (--corruptions-dir): a row per
     corruption and severity in its Corruption_Accuracy.txt, and the heat map."""
@@ -602,6 +632,8 @@ def run(argv: list[str]) -> int:
             args = config.merge_saved(args, typed, ckpt["args"])
             config.solver_notice(args, typed, ckpt["args"])
     config.validate(args, typed, from_checkpoint)
+    if args.todo == "report":  # reads folders: no model, no data
+        return report(args)
     set_deterministic(args.deterministic)
     device = start_processes(args, typed) if distributed.launched() else pick_device(args.device)
     if args.precision == "tf32" and device.type != "cuda":

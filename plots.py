@@ -274,3 +274,25 @@ def plot_corruptions(rows: list, path: Path) -> None:
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_report(rows_by_run: dict[str, list], path: Path) -> None:
+    """report_adversarial.png: adversarial accuracy against eps, a panel per attack and norm,
+    a line per run."""
+    panels = sorted({(r.attack, r.norm) for rows in rows_by_run.values() for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (attack, norm) in zip(axes[0], panels):
+        for run, rows in rows_by_run.items():
+            points = sorted((r.eps, r.adv_acc) for r in rows
+                            if (r.attack, r.norm) == (attack, norm) and r.eps > 0)
+            if points:
+                ax.plot(*zip(*points), "o-", label=run)
+        ax.set_xscale("log")
+        ax.set_title(f"{attack} L{norm}")
+        ax.set_xlabel("eps (pixels in [0, 1])")
+        ax.set_ylabel("adversarial accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)

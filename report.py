@@ -1,0 +1,179 @@
+"""--todo report DIR [DIR ...]: one table of every run found under the folders: what it is
+(model, task, rule, key flags), its best and final test accuracy, and what the analyses left
+beside it (white-box adversarial accuracy per attack, norm and eps; mean corruption
+accuracy; median characteristic time). A markdown table on the terminal, report.csv and
+report_adversarial.png in the first folder. A folder it cannot read is named and skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import corruptions
+from attack import RESULTS_FILE, Row, read_rows
+from errors import UsageError
+from results import (BEST_MODEL, CHECKPOINT, FINAL_CHECKPOINT, METRICS, atomic_write_text,
+                     load_checked)
+
+CSV_FILE, PLOT = "report.csv", "report_adversarial.png"
+MARKERS = (METRICS, BEST_MODEL, CHECKPOINT, FINAL_CHECKPOINT)  # what makes a folder a run
+TABLE_EPS = 2  # eps columns per attack and norm in the terminal table (report.csv has all)
+
+
+@dataclass
+class RunReport:
+    """One run's line: its description and what its analyses found."""
+    path: Path
+    columns: dict[str, object] = field(default_factory=dict)
+    adversarial: dict[tuple[str, str, float], float] = field(default_factory=dict)
+
+
+def find_runs(folders: list[str]) -> list[Path]:
+    """Every folder under the given ones (themselves included) that holds a run."""
+    runs = set()
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise UsageError(f"--todo report {folder}: no such folder; give folders that hold "
+                             "results folders, e.g. results/")
+        for marker in MARKERS:
+            runs.update(p.parent for p in [*folder.rglob(marker)])
+    return sorted(runs)
+
+
+def saved_args(run: Path) -> dict:
+    for name in (BEST_MODEL, CHECKPOINT, FINAL_CHECKPOINT):
+        if (run / name).is_file():
+            blob = load_checked(run / name)
+            if isinstance(blob, dict) and isinstance(blob.get("args"), dict):
+                return blob["args"]
+    return {}
+
+
+def describe(args: dict) -> dict[str, object]:
+    """The run's model, task, rule and key flags, from its saved arguments."""
+    if not args:
+        return {"model": "?", "task": "?", "alg": "?", "flags": "(no saved arguments)"}
+    flags = [f"T1 {args.get('T1')}", f"T2 {args.get('T2')}",
+             f"betas {' '.join(f'{b:g}' for b in args.get('betas') or [])}"]
+    solver = args.get("solver") or "sync"
+    if solver != "sync" or args.get("tol"):
+        flags.append(f"{solver}" + (f" tol {args['tol']:g}" if args.get("tol") else ""))
+    if args.get("precision", "fp32") != "fp32":
+        flags.append(args["precision"])
+    if args.get("todo") == "advtrain":
+        flags.append(f"advtrain eps {(args.get('eps') or ['8/255'])[0]}")
+    return {"model": args.get("model"), "task": args.get("task"), "alg": args.get("alg"),
+            "flags": ", ".join(flags)}
+
+
+def accuracies(run: Path) -> dict[str, object]:
+    path = run / METRICS
+    if not path.is_file():
+        return {"epochs": 0, "best_test": None, "final_test": None}
+    with open(path) as f:
+        epochs = list(csv.DictReader(f))
+    tests = [float(e["test_acc"]) for e in epochs]
+    return {"epochs": len(epochs), "best_test": max(tests, default=None),
+            "final_test": tests[-1] if tests else None}
+
+
+def corruption_mean(run: Path) -> float | None:
+    """The mean accuracy of the last --todo corruptions call in the run's folder."""
+    path = run / corruptions.RESULTS_FILE
+    if not path.is_file():
+        return None
+    block: list[float] = []
+    for line in path.read_text().splitlines():
+        if line.startswith("corruption\t"):
+            block = []  # a new call's header
+        elif line and not line.startswith("#"):
+            block.append(float(line.split("\t")[3]))
+    return float(np.mean(block)) if block else None
+
+
+def characteristic_median(run: Path) -> float | None:
+    path = run / "characteristic_time.npy"
+    return float(np.median(np.load(path, allow_pickle=False))) if path.is_file() else None
+
+
+def read_run(run: Path) -> RunReport:
+    report = RunReport(run)
+    report.columns = {**describe(saved_args(run)), **accuracies(run),
+                      "corruption_acc": corruption_mean(run),
+                      "characteristic_median": characteristic_median(run)}
+    for row in read_rows(run / RESULTS_FILE):  # the latest row of each, white-box only
+        if not row.source:
+            report.adversarial[(row.attack, row.norm, row.eps)] = row.adv_acc
+    return report
+
+
+def collect(folders: list[str]) -> tuple[list[RunReport], list[str]]:
+    """Every readable run, and a line for each one that could not be read."""
+    reports, skipped = [], []
+    for run in find_runs(folders):
+        try:
+            reports.append(read_run(run))
+        except (UsageError, OSError, ValueError, KeyError, IndexError) as e:
+            skipped.append(f"report: skipped {run}: {str(e).splitlines()[0] if str(e) else e!r}")
+    return reports, skipped
+
+
+def adversarial_keys(reports: list[RunReport], per_attack: int | None = None) -> list[tuple]:
+    """(attack, norm, eps) columns: all of them, or the `per_attack` largest eps of each
+    attack and norm."""
+    keys = sorted({k for r in reports for k in r.adversarial})
+    if per_attack is None:
+        return keys
+    groups: dict[tuple, list] = {}
+    for attack, norm, eps in keys:
+        groups.setdefault((attack, norm), []).append(eps)
+    return [(a, n, e) for (a, n), eps in groups.items() for e in sorted(eps)[-per_attack:]]
+
+
+def header(key: tuple) -> str:
+    attack, norm, eps = key
+    return f"{attack} L{norm} {eps:.3g}"
+
+
+def cell(value: object) -> str:
+    if value is None:
+        return ""
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def table(reports: list[RunReport], root: Path, per_attack: int | None) -> list[list[str]]:
+    """The rows of the table (the first is its header)."""
+    keys = adversarial_keys(reports, per_attack)
+    base = ["model", "task", "alg", "flags", "epochs", "best_test", "final_test"]
+    extra = ["corruption_acc", "characteristic_median"]
+    rows = [["run", *base, *map(header, keys), *extra]]
+    for r in reports:
+        name = str(r.path.relative_to(root)) if r.path.is_relative_to(root) else str(r.path)
+        rows.append([name or ".", *(cell(r.columns.get(k)) for k in base),
+                     *(cell(r.adversarial.get(k)) for k in keys),
+                     *(cell(r.columns.get(k)) for k in extra)])
+    return rows
+
+
+def markdown(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+
+
+def write_csv(path: Path, rows: list[list[str]]) -> None:
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    atomic_write_text(path, text.getvalue())
+
+
+def adversarial_rows(reports: list[RunReport], root: Path) -> dict[str, list[Row]]:
+    """Per run (named as in the table), its white-box rows for the plot."""
+    return {str(r.path.relative_to(root)) if r.path.is_relative_to(root) else str(r.path):
+            [Row(a, n, e, 0.0, acc, 0, 0, 0, 0.0) for (a, n, e), acc in r.adversarial.items()]
+            for r in reports if r.adversarial}
+

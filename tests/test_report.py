@@ -1,0 +1,74 @@
+"""--todo report: every run under the folders in one table whose cells are what the runs'
+own files say; a folder it cannot read is named and skipped; bad input is one line."""
+
+import csv
+
+import numpy as np
+import pytest
+
+import attack
+from helpers import TINY_MLP, cli, only_run_dir
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Under one folder: an EP run attacked (FGSM, 3 radii) with its characteristic time and
+    corruption accuracy, and a BP run; and a damaged run folder."""
+    root = tmp_path_factory.mktemp("study")
+    runs = []
+    for alg in ("EP", "BP"):
+        assert cli([*TINY_MLP, "--alg", alg, "--epochs", "2", "--save", "--results-dir",
+                    root / alg])[0] == 0
+        runs.append(only_run_dir(root / alg))
+    ep = runs[0]
+    assert cli(["--todo", "attack", "--load-path", ep, "--attack", "fgsm", "--eps", "0.02",
+                "0.05", "0.1", "--attack-images", "100"])[0] == 0
+    assert cli(["--todo", "characteristic", "--load-path", ep, "--attack-images", "100"])[0] == 0
+    mnist_c = root / "mnist_c"
+    from test_corruptions import digits, write_mnist_c
+    x, y = digits()
+    write_mnist_c(mnist_c, {"dim": ((x // 3).astype(np.uint8), y), "same": (x, y)})
+    assert cli(["--todo", "corruptions", "--load-path", ep, "--corruptions-dir", mnist_c])[0] == 0
+    damaged = root / "damaged" / "run"
+    damaged.mkdir(parents=True)
+    (damaged / "model.pt").write_bytes(b"not a checkpoint")
+    return root, ep, runs[1]
+
+
+def test_the_cells_are_what_the_runs_files_say(study, capsys):
+    root, ep, bp = study
+    rc, out, err = cli(["--todo", "report", root], capsys)
+    assert rc == 0
+    assert "report: skipped" in err and "damaged/run" in err and err.count("\n") == 1
+    with open(root / "report.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == sorted(str(p.relative_to(root)) for p in (ep, bp))
+    row, bp_row = rows[str(ep.relative_to(root))], rows[str(bp.relative_to(root))]
+    assert (row["model"], row["alg"], bp_row["alg"]) == ("MLP", "EP", "BP")
+    with open(ep / "metrics.csv") as f:
+        tests = [float(e["test_acc"]) for e in csv.DictReader(f)]
+    assert float(row["best_test"]) == pytest.approx(max(tests), abs=0.005)
+    assert float(row["final_test"]) == pytest.approx(tests[-1], abs=0.005)
+    for r in attack.read_rows(ep / attack.RESULTS_FILE):
+        assert float(row[f"fgsm Linf {r.eps:.3g}"]) == pytest.approx(r.adv_acc, abs=0.005)
+    lines = (ep / "Corruption_Accuracy.txt").read_text().splitlines()
+    accs = [float(ln.split("\t")[3]) for ln in lines if ln[:1] not in ("#", "c")]
+    assert float(row["corruption_acc"]) == pytest.approx(np.mean(accs), abs=0.005)
+    times = np.load(ep / "characteristic_time.npy")
+    assert float(row["characteristic_median"]) == pytest.approx(np.median(times))
+    assert bp_row["fgsm Linf 0.1"] == "" and bp_row["corruption_acc"] == ""
+    table = out.split("\n\n")[0] if "\n\n" in out else out
+    assert "fgsm Linf 0.02" not in table and "fgsm Linf 0.1" in table  # 2 eps in the table
+    assert (root / "report_adversarial.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--todo", "report"], "--todo report needs folders"),
+    (["--todo", "report", "{root}/none"], "--todo report {root}/none: no such folder"),
+    (["--todo", "train", "{root}"], "folders are given to --todo report only"),
+    (["--todo", "report", "{root}/damaged"], "no readable run folder there"),
+])
+def test_bad_input_is_one_line(study, capsys, argv, message):
+    root = study[0]
+    rc, _, err = cli([a.format(root=root) for a in argv], capsys)
+    assert rc == 2 and message.format(root=root) in err.splitlines()[-1]
