@@ -39,6 +39,7 @@ SLOW_IMAGES = {"autoattack": 200, "square": 200, "cw": 200, "hsj": 100}
 ADVTRAIN_IMAGES = 200
 # one run finds each image's smallest adversarial perturbation: it serves every eps
 MINIMAL = ("cw", "hsj")
+GRADIENT_FREE = ("square", "hsj")  # predictions only: --attack-step does not change them
 RESULTS_FILE, PLOT_FILE = "Adversarial_Accuracy.txt", "adversarial_accuracy.png"
 STEPS_PLOT_FILE = "adversarial_accuracy_steps.png"
 
@@ -76,11 +77,11 @@ def attack_steps(model: EnergyNet, args: Namespace, dest: str) -> list[int]:
     input reaches the output only after that many, and fewer give no gradient."""
     if args.alg == "BP":
         return [0]
-    typed = getattr(args, dest)
-    values = [args.T1] if not typed else typed if isinstance(typed, list) else [typed]
+    given = getattr(args, dest)
+    values = [args.T1] if not given else given if isinstance(given, list) else [given]
     for steps in values:
         if steps < model.n_states:
-            flag = "--" + dest.replace("_", "-") if typed else "--T1"
+            flag = "--" + dest.replace("_", "-") if given else "--T1"
             raise UsageError(f"{flag} {steps}: the input reaches the output only after "
                              f"{model.n_states} free steps (one per layer), so fewer give the "
                              f"attack no gradient; give at least {model.n_states}")

@@ -49,10 +49,12 @@ class Trajectory:
 
 
 @torch.no_grad()
-def trajectory(model: EnergyNet, x: Tensor, steps: int, mbs: int) -> Trajectory:
-    """`steps` free steps from zero states on x, batch by batch, read out after each."""
+def trajectory(model: EnergyNet, x: Tensor, steps: int, mbs: int,
+               explicit: bool = True) -> Trajectory:
+    """`steps` free steps from zero states on x, batch by batch, read out after each (explicit
+    dynamics, or the autograd reference)."""
     solver = model.solver or Solver("sync")
-    step, start = solver.iteration(model, True)
+    step, start = solver.iteration(model, explicit)
     preds, changes = [], []
     for i in range(0, len(x), mbs):
         batch = model.batch(x[i:i + mbs])

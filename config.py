@@ -144,10 +144,12 @@ def entries(args: Namespace, dest: str) -> list:
 def from_saved(args: Namespace, typed: set[str], saved: dict) -> dict:
     """The saved run's values that a resume uses: all but the typed ones it does not fix, the
     attack flags only to resume advtrain (an attack takes its own, not the training's), and
-    never --device (the machine that resumes may have other GPUs, or none)."""
+    never --device (the machine that resumes may have other GPUs, or none) nor report's
+    folders."""
     known = vars(args)
     return {k: v for k, v in saved.items() if k in known and (k not in typed or k in SAVED_KEYS)
-            and (k not in ATTACK_FLAGS or args.todo == "advtrain") and k != "device"}
+            and (k not in ATTACK_FLAGS or args.todo == "advtrain")
+            and k not in ("device", "folders")}
 
 
 def merge_saved(args: Namespace, typed: set[str], saved: dict) -> Namespace:
@@ -256,6 +258,9 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     if args.todo == "report" and not args.folders:
         raise UsageError("--todo report needs folders: --todo report DIR [DIR ...] (e.g. "
                          "results/)")
+    if args.todo == "report" and args.load_path:
+        raise UsageError(f"--load-path {args.load_path}: --todo report reads the folders it is "
+                         "given; give DIR instead (--todo report DIR)")
     if args.todo == "corruptions" and not args.corruptions_dir:
         raise UsageError("--todo corruptions needs --corruptions-dir DIR (CIFAR-10-C, CIFAR-100-C "
                          "or MNIST-C, as distributed; check/make_corruptions.py writes one)")
@@ -384,7 +389,7 @@ def check_vf_and_gdu(args: Namespace, typed: set[str]) -> None:
 
 def check_attack(args: Namespace, typed: set[str]) -> None:
     """--attack, --attack-norm and --eps fit each other; advtrain trains at one radius."""
-    if args.todo not in ("attack", "advtrain", "characteristic"):
+    if args.todo not in ("attack", "advtrain", "characteristic", "transfer"):
         return
     from attack import ATTACKS, NORMS  # ART takes 2 s to load: only where attacks are asked for
 
@@ -397,6 +402,11 @@ def check_attack(args: Namespace, typed: set[str]) -> None:
         if dest in typed and args.alg == "BP":
             raise FlagError(f"{flag(dest)}: a BP-trained model (--alg BP) predicts and is "
                             "attacked feed-forward, without free steps; remove it", dest, "alg")
+    if args.todo == "transfer":
+        if len(entries(args, "predict_step")) > 1:
+            raise FlagError("--predict-step: --todo transfer evaluates with one count of free "
+                            "steps; give one value", "predict_step")
+        return
     args.attack = args.attack or ["pgd"]
     args.attack_norm = args.attack_norm or ["inf"]
     for name in args.attack:
@@ -435,6 +445,9 @@ def check_characteristic(args: Namespace, typed: set[str]) -> None:
                 raise FlagError(f"{flag(dest)} applies to the adversarial images of --attack "
                                 "NAME; add --attack (e.g. pgd) or remove it", dest)
         return
+    if args.eps is None:
+        raise FlagError(f"--attack {args.attack[0]}: --todo characteristic follows its images at "
+                        "one radius; give --eps E", "eps")
     for dest in ("attack", "eps", "attack_norm", "attack_step"):
         if len(entries(args, dest)) > 1:
             raise FlagError(f"{flag(dest)}: --todo characteristic follows one attack at one "

@@ -22,6 +22,7 @@ from data_utils import Split, normalise
 from errors import UsageError
 
 RESULTS_FILE, PLOT_FILE = "Corruption_Accuracy.txt", "corruption_accuracy.png"
+CLEAN = ("identity",)  # MNIST-C ships the clean test set beside the corruptions: not one
 
 
 @dataclass
@@ -57,14 +58,17 @@ def find(folder: Path) -> list[Corruption]:
                          "(<name>/test_images.npy, <name>/test_labels.npy)")
     if (folder / "labels.npy").exists():  # CIFAR-C: one labels file for all
         labels = read(folder / "labels.npy")
-        return [Corruption(p.stem, read(p), labels, str(p))
-                for p in sorted(folder.glob("*.npy")) if p.name != "labels.npy"]
-    found = [Corruption(d.name, read(d / "test_images.npy"), read(d / "test_labels.npy"),
-                        str(d / "test_images.npy"))
-             for d in sorted(p for p in folder.iterdir() if (p / "test_images.npy").exists())]
+        found = [Corruption(p.stem, read(p), labels, str(p))
+                 for p in sorted(folder.glob("*.npy")) if p.stem not in ("labels", *CLEAN)]
+    else:
+        found = [Corruption(d.name, read(d / "test_images.npy"), read(d / "test_labels.npy"),
+                            str(d / "test_images.npy"))
+                 for d in sorted(p for p in folder.iterdir()
+                                 if (p / "test_images.npy").exists() and p.name not in CLEAN)]
     if not found:
-        raise UsageError(f"--corruptions-dir {folder}: holds neither labels.npy (CIFAR-C) nor "
-                         "<name>/test_images.npy folders (MNIST-C)")
+        raise UsageError(f"--corruptions-dir {folder}: holds no corruption: neither "
+                         "<name>.npy beside labels.npy (CIFAR-C) nor <name>/test_images.npy "
+                         "folders (MNIST-C)")
     return found
 
 
@@ -74,20 +78,20 @@ def read(path: Path) -> np.ndarray:
                          "beside it)")
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError) as e:
         raise UsageError(f"--corruptions-dir: {path} is not a .npy array ({e})") from None
 
 
-def severities(c: Corruption, test_size: int, image_shape: tuple[int, ...],
-               classes: int) -> int:
-    """How many severities the corruption holds (its images are K x the test set), or one
-    line naming the file and what it should hold."""
-    c_, h, w = image_shape
+def severities(c: Corruption, test_labels: np.ndarray, image_shape: tuple[int, ...]) -> int:
+    """How many severities the corruption holds (its images are K x the test set, its labels
+    the test set's K times), or one line naming the file and what it should hold."""
+    channels, h, w = image_shape
+    test_size = len(test_labels)
     x, y = c.images, c.labels
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (h, w, c_):
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (h, w, channels):
         raise UsageError(f"--corruptions-dir: {c.where} holds {x.dtype} "
                          f"{'x'.join(map(str, x.shape))}; it should hold uint8 K*N x {h} x {w} x "
-                         f"{c_} images (this task's)")
+                         f"{channels} images (this task's)")
     k, rest = divmod(len(x), test_size)
     if rest or not 1 <= k <= 5:
         raise UsageError(f"--corruptions-dir: {c.where} holds {len(x)} images; it should hold "
@@ -95,9 +99,9 @@ def severities(c: Corruption, test_size: int, image_shape: tuple[int, ...],
     if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
         raise UsageError(f"--corruptions-dir: the labels of {c.where} are {y.dtype} "
                          f"{'x'.join(map(str, y.shape))}; they should be {len(x)} integers")
-    if y.min() < 0 or y.max() >= classes:
-        raise UsageError(f"--corruptions-dir: the labels of {c.where} lie outside "
-                         f"0..{classes - 1}, this task's classes")
+    if (np.asarray(y[:test_size]) != test_labels).any():
+        raise UsageError(f"--corruptions-dir: the labels of {c.where} are not the test set's, "
+                         "in its order (a benchmark of another task?)")
     return k
 
 

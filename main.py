@@ -436,8 +436,8 @@ def attack(job: Job) -> int:
     """The attack sweep on the --load-path run's best model (through ART), for every pair of
     --attack-step and --predict-step: rows appended to its Adversarial_Accuracy.txt, the
     accuracy plots and --image-print grids beside it."""
-    from attack import (HEADER, PLOT_FILE, RESULTS_FILE, STEPS_PLOT_FILE, Sweep, attack_norms,
-                        attack_steps, predict_steps, read_rows)
+    from attack import (GRADIENT_FREE, HEADER, PLOT_FILE, RESULTS_FILE, STEPS_PLOT_FILE, Sweep,
+                        attack_norms, attack_steps, predict_steps, read_rows)
     from transfer import examples_file, save_examples
 
     args, run_dir = job.args, Path(job.args.load_path)
@@ -459,20 +459,22 @@ def attack(job: Job) -> int:
     written = [path.name, PLOT_FILE]
     for name in args.attack:
         for norm in attack_norms(args) if name != "cw" else ["2"]:
-            for sweep in sweeps:
+            once = name in GRADIENT_FREE  # once per predict step: no gradient unrolled
+            for sweep in [s for s in sweeps if not once or s.attack_step == unrolls[0]]:
                 for row in sweep.run(name, norm):
                     append_text(path, row.line() + "\n")
                 plots.plot_adversarial(read_rows(path), run_dir / PLOT_FILE)
                 pair = f"_{sweep.attack_step}-{sweep.predict_step}" if len(sweeps) > 1 else ""
                 if args.save_examples:
                     save_examples(examples_file(run_dir, name, norm, pair), sweep, name, norm,
-                                  run_dir)
+                                  run_dir, args.task)
                 if args.image_print:
                     grid = run_dir / f"adversarial_examples_{name}_L{norm}{pair}.png"
                     plots.plot_adversarial_examples(*sweep.last, path=grid, n=args.image_print,
                                                     title=f"{name} L{norm} eps {row.eps:.3g}")
     if len(sweeps) > 1:
-        plots.plot_adversarial_steps(read_rows(path), run_dir / STEPS_PLOT_FILE)
+        white_box = [r for r in read_rows(path) if not r.source]
+        plots.plot_adversarial_steps(white_box, run_dir / STEPS_PLOT_FILE)
         written.append(STEPS_PLOT_FILE)
     if args.save_examples:
         written.append("examples_*.npz")
@@ -497,14 +499,14 @@ def report(args: argparse.Namespace) -> int:
     print(rp.markdown(rp.table(reports, root, rp.TABLE_EPS)))
     try:
         rp.write_csv(root / rp.CSV_FILE, rp.table(reports, root, None))
-        by_run = rp.adversarial_rows(reports, root)
-        if by_run:
-            plots.plot_report(by_run, root / rp.PLOT)
+        curves = rp.adversarial_curves(reports, root)
+        if curves:
+            plots.plot_report(curves, root / rp.PLOT_FILE)
     except OSError as e:
         raise UsageError(f"--todo report: cannot write {rp.CSV_FILE} in {root} ({e.strerror}); "
                          "the table is above") from None
     print(f"{len(reports)} runs; written in {root}: {rp.CSV_FILE}"
-          + (f", {rp.PLOT}" if by_run else ""))
+          + (f", {rp.PLOT_FILE}" if curves else ""))
     return 0
 
 
@@ -517,7 +519,7 @@ def corruptions(job: Job) -> int:
     best = load_best(job)
     found = cc.find(Path(args.corruptions_dir))
     shape, n = tuple(job.test.x.shape[1:]), len(job.test)
-    counts = [cc.severities(c, n, shape, job.model.num_classes) for c in found]
+    counts = [cc.severities(c, job.test.y.cpu().numpy(), shape) for c in found]
     check_writable(run_dir, cc.RESULTS_FILE)
     explicit = args.dynamics == "explicit"
     clean = evaluate_split(job.model, job.test, args.alg, args.T1, explicit, args.mbs)["acc"]
@@ -550,7 +552,7 @@ def transfer(job: Job) -> int:
 
     args, run_dir = job.args, Path(job.args.load_path)
     best = load_best(job)
-    files = [load_examples(f, tuple(job.test.x.shape[1:]), job.model.num_classes)
+    files = [load_examples(f, args.task, tuple(job.test.x.shape[1:]), job.model.num_classes)
              for f in args.examples]
     path = run_dir / RESULTS_FILE
     try:
@@ -596,7 +598,7 @@ def characteristic(job: Job) -> int:
     y = torch.from_numpy(y).to(device)
     print(f"characteristic time of {BEST_MODEL} of {run_dir} (epoch {best['epoch']}): "
           f"{args.T1} free steps on {len(y)} {what}")
-    trajectory = ch.trajectory(job.model, x, args.T1, args.mbs)
+    trajectory = ch.trajectory(job.model, x, args.T1, args.mbs, args.dynamics == "explicit")
     rows, times = trajectory.table(y), trajectory.settling_times()
     written = ch.write(run_dir, suffix, rows, times)
     path = run_dir / f"characteristic{suffix}.png"
@@ -632,10 +634,10 @@ def run(argv: list[str]) -> int:
             args = config.merge_saved(args, typed, ckpt["args"])
             config.solver_notice(args, typed, ckpt["args"])
     config.validate(args, typed, from_checkpoint)
-    if args.todo == "report":  # reads folders: no model, no data
-        return report(args)
     set_deterministic(args.deterministic)
     device = start_processes(args, typed) if distributed.launched() else pick_device(args.device)
+    if args.todo == "report":  # reads folders: no model, no data
+        return report(args)
     if args.precision == "tf32" and device.type != "cuda":
         print("notice: --precision tf32 changes CUDA arithmetic only; on the CPU it is fp32")
     torch.manual_seed(args.seed)

@@ -276,15 +276,15 @@ def plot_corruptions(rows: list, path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_report(rows_by_run: dict[str, list], path: Path) -> None:
+def plot_report(curves: dict[str, dict[tuple, float]], path: Path) -> None:
     """report_adversarial.png: adversarial accuracy against eps, a panel per attack and norm,
-    a line per run."""
-    panels = sorted({(r.attack, r.norm) for rows in rows_by_run.values() for r in rows})
+    a line per run (curves: run -> (attack, norm, eps) -> accuracy)."""
+    panels = sorted({(a, n) for cells in curves.values() for a, n, _ in cells})
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, (attack, norm) in zip(axes[0], panels):
-        for run, rows in rows_by_run.items():
-            points = sorted((r.eps, r.adv_acc) for r in rows
-                            if (r.attack, r.norm) == (attack, norm) and r.eps > 0)
+        for run, cells in curves.items():
+            points = sorted((e, acc) for (a, n, e), acc in cells.items()
+                            if (a, n) == (attack, norm) and e > 0)
             if points:
                 ax.plot(*zip(*points), "o-", label=run)
         ax.set_xscale("log")

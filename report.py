@@ -3,6 +3,8 @@
 beside it (white-box adversarial accuracy per attack, norm and eps; mean corruption
 accuracy; median characteristic time). A markdown table on the terminal, report.csv and
 report_adversarial.png in the first folder. A folder it cannot read is named and skipped.
+An adversarial cell is the strongest attack found: the lowest accuracy over the step counts
+its rows were made with (each the latest of its kind).
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 import corruptions
-from attack import RESULTS_FILE, Row, read_rows
+from attack import DEFAULT_EPS, RESULTS_FILE, read_rows
 from errors import UsageError
 from results import (BEST_MODEL, CHECKPOINT, FINAL_CHECKPOINT, METRICS, atomic_write_text,
                      load_checked)
 
-CSV_FILE, PLOT = "report.csv", "report_adversarial.png"
+CSV_FILE, PLOT_FILE = "report.csv", "report_adversarial.png"
 MARKERS = (METRICS, BEST_MODEL, CHECKPOINT, FINAL_CHECKPOINT)  # what makes a folder a run
 TABLE_EPS = 2  # eps columns per attack and norm in the terminal table (report.csv has all)
 
@@ -46,11 +48,13 @@ def find_runs(folders: list[str]) -> list[Path]:
 
 
 def saved_args(run: Path) -> dict:
-    for name in (BEST_MODEL, CHECKPOINT, FINAL_CHECKPOINT):
+    """The run's saved arguments, from its first checkpoint file ({} for the published
+    code's, which saves none: its model.pt is a pickled module, never loaded)."""
+    for name in (CHECKPOINT, FINAL_CHECKPOINT, BEST_MODEL):
         if (run / name).is_file():
-            blob = load_checked(run / name)
-            if isinstance(blob, dict) and isinstance(blob.get("args"), dict):
-                return blob["args"]
+            blob = load_checked(run / name, "--todo report: run")
+            args = blob.get("args") if isinstance(blob, dict) else None
+            return args if isinstance(args, dict) else {}
     return {}
 
 
@@ -58,15 +62,20 @@ def describe(args: dict) -> dict[str, object]:
     """The run's model, task, rule and key flags, from its saved arguments."""
     if not args:
         return {"model": "?", "task": "?", "alg": "?", "flags": "(no saved arguments)"}
-    flags = [f"T1 {args.get('T1')}", f"T2 {args.get('T2')}",
-             f"betas {' '.join(f'{b:g}' for b in args.get('betas') or [])}"]
-    solver = args.get("solver") or "sync"
-    if solver != "sync" or args.get("tol"):
-        flags.append(f"{solver}" + (f" tol {args['tol']:g}" if args.get("tol") else ""))
+    flags = []
+    if args.get("alg") != "BP":  # feed-forward: no phases
+        flags = [f"T1 {args.get('T1')}", f"T2 {args.get('T2')}",
+                 f"betas {' '.join(f'{b:g}' for b in args.get('betas') or [])}"]
+        solver = args.get("solver") or "sync"
+        if solver != "sync" or args.get("tol"):
+            flags.append(solver + (f" tol {args['tol']:g}" if args.get("tol") else ""))
     if args.get("precision", "fp32") != "fp32":
         flags.append(args["precision"])
     if args.get("todo") == "advtrain":
-        flags.append(f"advtrain eps {(args.get('eps') or ['8/255'])[0]}")
+        norm = {"100": "inf"}.get(str((args.get("attack_norm") or ["inf"])[0]),
+                                  str((args.get("attack_norm") or ["inf"])[0]))
+        eps = (args.get("eps") or [DEFAULT_EPS[norm][-1]])[0]
+        flags.append(f"advtrain L{norm} eps {eps:.3g}")
     return {"model": args.get("model"), "task": args.get("task"), "alg": args.get("alg"),
             "flags": ", ".join(flags)}
 
@@ -98,7 +107,12 @@ def corruption_mean(run: Path) -> float | None:
 
 def characteristic_median(run: Path) -> float | None:
     path = run / "characteristic_time.npy"
-    return float(np.median(np.load(path, allow_pickle=False))) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return float(np.median(np.load(path, allow_pickle=False)))
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path.name} is unreadable ({e})") from None
 
 
 def read_run(run: Path) -> RunReport:
@@ -106,9 +120,11 @@ def read_run(run: Path) -> RunReport:
     report.columns = {**describe(saved_args(run)), **accuracies(run),
                       "corruption_acc": corruption_mean(run),
                       "characteristic_median": characteristic_median(run)}
-    for row in read_rows(run / RESULTS_FILE):  # the latest row of each, white-box only
-        if not row.source:
-            report.adversarial[(row.attack, row.norm, row.eps)] = row.adv_acc
+    latest = {(r.attack, r.norm, r.eps, r.attack_step, r.predict_step): r.adv_acc
+              for r in read_rows(run / RESULTS_FILE) if not r.source}  # white-box only
+    for (attack, norm, eps, _, _), acc in latest.items():
+        key = (attack, norm, eps)
+        report.adversarial[key] = min(acc, report.adversarial.get(key, acc))
     return report
 
 
@@ -118,8 +134,9 @@ def collect(folders: list[str]) -> tuple[list[RunReport], list[str]]:
     for run in find_runs(folders):
         try:
             reports.append(read_run(run))
-        except (UsageError, OSError, ValueError, KeyError, IndexError) as e:
-            skipped.append(f"report: skipped {run}: {str(e).splitlines()[0] if str(e) else e!r}")
+        except (UsageError, OSError, ValueError, EOFError, KeyError, IndexError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            skipped.append(f"report: skipped {run}: {reason}")
     return reports, skipped
 
 
@@ -153,8 +170,7 @@ def table(reports: list[RunReport], root: Path, per_attack: int | None) -> list[
     extra = ["corruption_acc", "characteristic_median"]
     rows = [["run", *base, *map(header, keys), *extra]]
     for r in reports:
-        name = str(r.path.relative_to(root)) if r.path.is_relative_to(root) else str(r.path)
-        rows.append([name or ".", *(cell(r.columns.get(k)) for k in base),
+        rows.append([run_name(r.path, root), *(cell(r.columns.get(k)) for k in base),
                      *(cell(r.adversarial.get(k)) for k in keys),
                      *(cell(r.columns.get(k)) for k in extra)])
     return rows
@@ -171,9 +187,12 @@ def write_csv(path: Path, rows: list[list[str]]) -> None:
     atomic_write_text(path, text.getvalue())
 
 
-def adversarial_rows(reports: list[RunReport], root: Path) -> dict[str, list[Row]]:
-    """Per run (named as in the table), its white-box rows for the plot."""
-    return {str(r.path.relative_to(root)) if r.path.is_relative_to(root) else str(r.path):
-            [Row(a, n, e, 0.0, acc, 0, 0, 0, 0.0) for (a, n, e), acc in r.adversarial.items()]
-            for r in reports if r.adversarial}
+def run_name(path: Path, root: Path) -> str:
+    """A run as the table names it: relative to the first folder where it lies below it."""
+    return (str(path.relative_to(root)) or ".") if path.is_relative_to(root) else str(path)
+
+
+def adversarial_curves(reports: list[RunReport], root: Path) -> dict[str, dict[tuple, float]]:
+    """Per run (named as in the table), its cells: (attack, norm, eps) -> accuracy."""
+    return {run_name(r.path, root): r.adversarial for r in reports if r.adversarial}
 

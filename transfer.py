@@ -23,14 +23,16 @@ KEYS = {"x": "the clean images, N x C x H x W float32 pixels in [0, 1]",
         "clean_logits": "the attacked model's N x classes logits on x",
         "adv_logits": "its E x N x classes logits on x_adv",
         "attack": "the attack's name", "norm": "2 or inf", "attack_step": "its unroll's steps",
-        "predict_step": "its predictions' steps", "source": "the attacked run's folder"}
+        "predict_step": "its predictions' steps", "source": "the attacked run's folder",
+        "task": "the task of its images"}
 
 
 def examples_file(run_dir: Path, name: str, norm: str, pair: str = "") -> Path:
     return run_dir / f"examples_{name}_L{norm}{pair}.npz"
 
 
-def save_examples(path: Path, sweep: Sweep, name: str, norm: str, source: Path) -> None:
+def save_examples(path: Path, sweep: Sweep, name: str, norm: str, source: Path,
+                  task: str) -> None:
     """The sweep's last run (one attack, one norm, every eps) as an .npz file, atomically."""
     x, y = sweep.last[0], sweep.last[4]
     eps = np.array([e for e, _ in sweep.examples])
@@ -39,13 +41,13 @@ def save_examples(path: Path, sweep: Sweep, name: str, norm: str, source: Path) 
     np.savez(buf, x=x, y=y, eps=eps, x_adv=x_adv, clean_logits=sweep.logits(x),
              adv_logits=np.stack([sweep.logits(adv) for adv in x_adv]), attack=name, norm=norm,
              attack_step=sweep.attack_step, predict_step=sweep.predict_step,
-             source=str(source))
+             source=str(source), task=task)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_examples(path: str, image_shape: tuple[int, ...], classes: int) -> dict:
-    """A --save-examples file, checked against the target's images and classes: one line
-    naming the file and what it should hold when it does not."""
+def load_examples(path: str, task: str, image_shape: tuple[int, ...], classes: int) -> dict:
+    """A --save-examples file, checked against the target's task, images and classes: one
+    line naming the file and what it should hold when it does not."""
     where = f"--examples {path}"
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -53,13 +55,16 @@ def load_examples(path: str, image_shape: tuple[int, ...], classes: int) -> dict
     except FileNotFoundError:
         raise UsageError(f"{where}: no such file; give an examples_*.npz that --todo attack "
                          "--save-examples wrote") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError) as e:
         raise UsageError(f"{where}: not an .npz file of examples ({e}); give one that --todo "
                          "attack --save-examples wrote") from None
     for key, what in KEYS.items():
         if key not in found:
             raise UsageError(f"{where}: has no '{key}' ({what}); give a file that --todo attack "
                              "--save-examples wrote")
+    if str(found["task"]) != task:
+        raise UsageError(f"{where}: examples of --task {found['task']}; this run's task is "
+                         f"{task}")
     x, y, eps, x_adv = found["x"], found["y"], found["eps"], found["x_adv"]
     if x.ndim != 4 or tuple(x.shape[1:]) != tuple(image_shape) or x.dtype != np.float32:
         raise UsageError(f"{where}: its images are {x.dtype} {'x'.join(map(str, x.shape))}; "

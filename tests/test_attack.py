@@ -188,6 +188,16 @@ def test_every_pair_of_attack_and_predict_steps_gets_its_row(run, tmp_path):
             r.adv_acc for r in found if (r.attack_step, r.predict_step) == (a, p)]
 
 
+def test_a_gradient_free_attack_runs_once_per_predict_step(run, tmp_path):
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for f in run.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    found = attack_cli(folder, "--attack", "square", "--eps", "0.1", "--attack-images", "10",
+                       "--attack-step", "3", "10", "--predict-step", "6", "12")
+    assert [(r.attack_step, r.predict_step) for r in found] == [(3, 6), (3, 12)]
+
+
 def test_a_read_only_run_folder_fails_before_attacking(run, capsys, monkeypatch):
     import main
 

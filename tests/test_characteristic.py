@@ -91,7 +91,8 @@ def test_files_agree_with_the_clean_accuracy_and_with_an_attack_at_eps_zero(run,
 
 @pytest.mark.parametrize("flags,message", [
     (["--eps", "0.1"], "--eps applies to the adversarial images of --attack NAME"),
-    (["--attack", "pgd", "fgsm"], "--attack: --todo characteristic follows one attack"),
+    (["--attack", "pgd", "fgsm", "--eps", "0.1"], "--attack: --todo characteristic follows one"),
+    (["--attack", "pgd"], "--attack pgd: --todo characteristic follows its images at one radius"),
     (["--attack", "pgd", "--eps", "0.1", "0.2"], "--eps: --todo characteristic follows one"),
     (["--predict-step", "5"], "--predict-step only applies with --todo attack"),
 ])

@@ -52,15 +52,16 @@ def test_mnist_c_layout_one_and_five_severities(run, tmp_path, capsys):
     x, y = digits()
     dark = (x // 2).astype(np.uint8)
     folder = tmp_path / "mnist_c"
-    write_mnist_c(folder, {"identity": (x, y), "dark": (dark, y),
+    write_mnist_c(folder, {"identity": (x, y), "same": (x, y), "dark": (dark, y),
                            "stacked": (np.concatenate([x, dark, x, dark, x]), np.tile(y, 5))})
     rows, out = corruption_rows(run, folder, capsys)
-    assert sorted(rows) == [("dark", 1), ("identity", 1)] + [("stacked", s) for s in range(1, 6)]
-    clean = rows[("identity", 1)][2]
+    # MNIST-C's identity (the clean images) is not a corruption
+    assert sorted(rows) == [("dark", 1), ("same", 1)] + [("stacked", s) for s in range(1, 6)]
+    clean = rows[("same", 1)][2]
     assert all(r[0] == 1000 and r[2] == clean for r in rows.values())
-    assert rows[("identity", 1)][1] == pytest.approx(clean, abs=1e-3)  # unchanged images
+    assert rows[("same", 1)][1] == pytest.approx(clean, abs=1e-3)  # unchanged images
     for s in (1, 3, 5):
-        assert rows[("stacked", s)][1] == rows[("identity", 1)][1]
+        assert rows[("stacked", s)][1] == rows[("same", 1)][1]
     for s in (2, 4):  # each severity is exactly its own images
         assert rows[("stacked", s)][1] == rows[("dark", 1)][1]
     assert "mean corruption accuracy" in out
@@ -98,7 +99,7 @@ def read_cifar_test(data):
     (lambda x, y: (x.astype(np.float32), y), "holds float32 1000x28x28x1; it should hold uint8"),
     (lambda x, y: (x[:700], y[:700]), "holds 700 images; it should hold 1 to 5 severities"),
     (lambda x, y: (x, y[:10]), "they should be 1000 integers"),
-    (lambda x, y: (x, y + 10), "lie outside 0..9"),
+    (lambda x, y: (x, np.roll(y, 1)), "are not the test set's, in its order"),
 ])
 def test_a_bad_file_is_one_line_naming_it(run, tmp_path, capsys, change, message):
     folder = tmp_path / "bad"
@@ -109,9 +110,21 @@ def test_a_bad_file_is_one_line_naming_it(run, tmp_path, capsys, change, message
     assert err.count("\n") == 1
 
 
+def test_an_empty_file_and_a_labels_only_folder_are_one_line(run, tmp_path, capsys):
+    (tmp_path / "empty" / "fog").mkdir(parents=True)
+    (tmp_path / "empty" / "fog" / "test_images.npy").write_bytes(b"")
+    (tmp_path / "labels_only").mkdir()
+    np.save(tmp_path / "labels_only" / "labels.npy", digits()[1])
+    for folder, message in (("empty", "fog/test_images.npy is not a .npy array"),
+                            ("labels_only", "holds no corruption")):
+        rc, _, err = cli(["--todo", "corruptions", "--load-path", run, "--corruptions-dir",
+                          tmp_path / folder], capsys)
+        assert rc == 2 and message in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--corruptions-dir", "{tmp}/none"], "no such folder"),
-    (["--corruptions-dir", "{tmp}"], "holds neither labels.npy"),
+    (["--corruptions-dir", "{tmp}"], "holds no corruption"),
     ([], "--todo corruptions needs --corruptions-dir"),
 ])
 def test_bad_folders_are_one_line(run, tmp_path, capsys, flags, message):

@@ -5,6 +5,7 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 
 import attack
 from helpers import TINY_MLP, cli, only_run_dir
@@ -32,6 +33,11 @@ def study(tmp_path_factory):
     damaged = root / "damaged" / "run"
     damaged.mkdir(parents=True)
     (damaged / "model.pt").write_bytes(b"not a checkpoint")
+    published = root / "published"  # no arguments saved; its model.pt is a pickled module
+    published.mkdir()
+    torch.save({"model_state_dict": {"synapses.0.weight": torch.zeros(2, 2)}, "epoch": 1},
+               published / "checkpoint.tar")
+    (published / "model.pt").write_bytes(b"a pickled module: never loaded")
     return root, ep, runs[1]
 
 
@@ -42,7 +48,8 @@ def test_the_cells_are_what_the_runs_files_say(study, capsys):
     assert "report: skipped" in err and "damaged/run" in err and err.count("\n") == 1
     with open(root / "report.csv") as f:
         rows = {r["run"]: r for r in csv.DictReader(f)}
-    assert sorted(rows) == sorted(str(p.relative_to(root)) for p in (ep, bp))
+    assert sorted(rows) == sorted([*(str(p.relative_to(root)) for p in (ep, bp)), "published"])
+    assert rows["published"]["flags"] == "(no saved arguments)"
     row, bp_row = rows[str(ep.relative_to(root))], rows[str(bp.relative_to(root))]
     assert (row["model"], row["alg"], bp_row["alg"]) == ("MLP", "EP", "BP")
     with open(ep / "metrics.csv") as f:
@@ -57,6 +64,7 @@ def test_the_cells_are_what_the_runs_files_say(study, capsys):
     times = np.load(ep / "characteristic_time.npy")
     assert float(row["characteristic_median"]) == pytest.approx(np.median(times))
     assert bp_row["fgsm Linf 0.1"] == "" and bp_row["corruption_acc"] == ""
+    assert bp_row["flags"] == ""  # feed-forward: no phases
     table = out.split("\n\n")[0] if "\n\n" in out else out
     assert "fgsm Linf 0.02" not in table and "fgsm Linf 0.1" in table  # 2 eps in the table
     assert (root / "report_adversarial.png").read_bytes().startswith(b"\x89PNG")
@@ -67,8 +75,23 @@ def test_the_cells_are_what_the_runs_files_say(study, capsys):
     (["--todo", "report", "{root}/none"], "--todo report {root}/none: no such folder"),
     (["--todo", "train", "{root}"], "folders are given to --todo report only"),
     (["--todo", "report", "{root}/damaged"], "no readable run folder there"),
+    (["--todo", "report", "{root}", "--load-path", "{root}/published"],
+     "--todo report reads the folders"),
 ])
 def test_bad_input_is_one_line(study, capsys, argv, message):
     root = study[0]
     rc, _, err = cli([a.format(root=root) for a in argv], capsys)
     assert rc == 2 and message.format(root=root) in err.splitlines()[-1]
+
+
+def test_a_cell_is_the_strongest_attack_over_its_step_counts(study, capsys):
+    root, ep, _ = study
+    rows_before = len(attack.read_rows(ep / attack.RESULTS_FILE))
+    assert cli(["--todo", "attack", "--load-path", ep, "--attack", "fgsm", "--eps", "0.1",
+                "--attack-step", "2", "5", "--attack-images", "100"])[0] == 0
+    fgsm = [r for r in attack.read_rows(ep / attack.RESULTS_FILE) if r.eps == 0.1]
+    assert len(attack.read_rows(ep / attack.RESULTS_FILE)) == rows_before + 2
+    assert cli(["--todo", "report", root], capsys)[0] == 0
+    with open(root / "report.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["run"] == str(ep.relative_to(root)))
+    assert float(row["fgsm Linf 0.1"]) == pytest.approx(min(r.adv_acc for r in fgsm), abs=0.005)

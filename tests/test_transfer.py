@@ -76,6 +76,7 @@ def bad_file(tmp_path, runs, **change):
     ({"x": np.zeros((150, 3, 32, 32), np.float32)}, "this run takes N x 1x28x28 float32"),
     ({"y": np.zeros(7, np.int64)}, "should be E x N x C x H x W and N"),
     ({"y": np.full(150, 12)}, "labels outside 0..9"),
+    ({"task": np.array("FashionMNIST")}, "examples of --task FashionMNIST; this run's task is"),
 ])
 def test_a_bad_examples_file_is_one_line(runs, tmp_path, capsys, change, message):
     rc, _, err = cli(["--todo", "transfer", "--load-path", runs[1], "--examples",
@@ -87,11 +88,17 @@ def test_a_bad_examples_file_is_one_line(runs, tmp_path, capsys, change, message
     (["--todo", "transfer", "--load-path", "{run}"], "--todo transfer needs --examples FILE"),
     (["--todo", "transfer", "--load-path", "{run}", "--examples", "none.npz"],
      "--examples none.npz: no such file"),
+    (["--todo", "transfer", "--load-path", "{run}", "--examples", "{tmp}/empty.npz"],
+     "empty.npz: not an .npz file of examples"),
+    (["--todo", "transfer", "--load-path", "{run}", "--examples", "x.npz", "--predict-step",
+      "5", "10"], "--predict-step: --todo transfer evaluates with one"),
     (["--todo", "attack", "--load-path", "{run}", "--examples", "x.npz"],
      "--examples only applies with --todo transfer"),
     (["--todo", "transfer", "--load-path", "{run}", "--examples", "x.npz", "--save-examples"],
      "--save-examples only applies with --todo attack"),
 ])
-def test_bad_flags_are_one_line(runs, capsys, flags, message):
+def test_bad_flags_are_one_line(runs, capsys, flags, message, tmp_path):
+    (tmp_path / "empty.npz").write_bytes(b"")
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
     rc, _, err = cli([f.format(run=runs[1]) for f in flags], capsys)
     assert rc == 2 and message in err and err.count("\n") == 1
