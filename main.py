@@ -432,6 +432,17 @@ def check_writable(run_dir: Path, what: str) -> None:
                          "the folder, or leave out --save") from None
 
 
+def append_call(path: Path, header: str, argv: list[str]) -> None:
+    """A `# date command` line and the table's header appended to a file of the --load-path
+    run, or one line when its folder cannot be written (before any work)."""
+    try:
+        append_text(path, f"# {datetime.now():%Y-%m-%d %H:%M:%S}  python main.py "
+                    f"{shlex.join(argv)}\n{header}\n")
+    except OSError as e:
+        raise UsageError(f"--load-path {path.parent}: cannot write {path.name} there "
+                         f"({e.strerror}); use a copy of the folder") from None
+
+
 def attack(job: Job) -> int:
     """The attack sweep on the --load-path run's best model (through ART), for every pair of
     --attack-step and --predict-step: rows appended to its Adversarial_Accuracy.txt, the
@@ -444,12 +455,7 @@ def attack(job: Job) -> int:
     best = load_best(job)
     unrolls, predictions = attack_steps(job.model, args, "attack_step"), predict_steps(args)
     path = run_dir / RESULTS_FILE
-    try:  # a read-only folder fails here, before any attack has run
-        append_text(path, f"# {datetime.now():%Y-%m-%d %H:%M:%S}  python main.py "
-                    f"{shlex.join(job.argv)}\n{HEADER}\n")
-    except OSError as e:
-        raise UsageError(f"--load-path {run_dir}: cannot write {RESULTS_FILE} there "
-                         f"({e.strerror}); attack a copy of the folder") from None
+    append_call(path, HEADER, job.argv)  # a read-only folder fails here, before any attack
     sweeps = [Sweep(job.model, job.test, args, a, p) for a in unrolls for p in predictions]
     steps = ("feed-forward (a BP-trained model)" if args.alg == "BP" else
              f"gradient through {', '.join(map(str, unrolls))} free steps, predictions after "
@@ -520,14 +526,12 @@ def corruptions(job: Job) -> int:
     found = cc.find(Path(args.corruptions_dir))
     shape, n = tuple(job.test.x.shape[1:]), len(job.test)
     counts = [cc.severities(c, job.test.y.cpu().numpy(), shape) for c in found]
-    check_writable(run_dir, cc.RESULTS_FILE)
+    path = run_dir / cc.RESULTS_FILE
+    append_call(path, cc.HEADER, job.argv)
     explicit = args.dynamics == "explicit"
     clean = evaluate_split(job.model, job.test, args.alg, args.T1, explicit, args.mbs)["acc"]
     print(f"corruptions of {args.corruptions_dir} on {BEST_MODEL} of {run_dir} (epoch "
           f"{best['epoch']}): {len(found)} corruptions; clean test accuracy {clean:.2f}%")
-    path = run_dir / cc.RESULTS_FILE
-    append_text(path, f"# {datetime.now():%Y-%m-%d %H:%M:%S}  python main.py "
-                f"{shlex.join(job.argv)}\n{cc.HEADER}\n")
     rows = []
     for c, k in zip(found, counts):
         for severity in range(1, k + 1):
@@ -555,12 +559,7 @@ def transfer(job: Job) -> int:
     files = [load_examples(f, args.task, tuple(job.test.x.shape[1:]), job.model.num_classes)
              for f in args.examples]
     path = run_dir / RESULTS_FILE
-    try:
-        append_text(path, f"# {datetime.now():%Y-%m-%d %H:%M:%S}  python main.py "
-                    f"{shlex.join(job.argv)}\n{TRANSFER_HEADER}\n")
-    except OSError as e:
-        raise UsageError(f"--load-path {run_dir}: cannot write {RESULTS_FILE} there "
-                         f"({e.strerror}); use a copy of the folder") from None
+    append_call(path, TRANSFER_HEADER, job.argv)
     sweep = Sweep(job.model, job.test, args)
     print(f"transfer to {BEST_MODEL} of {run_dir} (epoch {best['epoch']}), predictions after "
           f"{sweep.predict_step} free steps")

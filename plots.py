@@ -146,6 +146,14 @@ def plot_gdu_rmse(metrics: dict[str, dict], path: Path) -> None:
     save_figure(fig, path)
 
 
+def adversarial_panel(ax: plt.Axes, legend_size: int) -> None:
+    """An adversarial-accuracy panel's y axis (0 to 100%), grid and legend."""
+    ax.set_ylabel("adversarial accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
 def plot_adversarial(rows: list, path: Path) -> None:
     """adversarial_accuracy.png: adversarial accuracy against eps, a panel per norm and a line
     per attack (and step counts, and source run for transferred examples, dashed; an eps
@@ -168,10 +176,7 @@ def plot_adversarial(rows: list, path: Path) -> None:
         if any(r.eps > 0 for r in rows if r.norm == norm):
             ax.set_xscale("log")
         ax.set_xlabel(f"eps (L{norm}, pixels in [0, 1])")
-        ax.set_ylabel("adversarial accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        adversarial_panel(ax, 8)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -245,10 +250,7 @@ def plot_adversarial_steps(rows: list, path: Path) -> None:
                     label=f"eps {eps:.3g}, {other.replace('_', ' ')} {steps}")
         ax.set_title(f"{attack} L{norm}")
         ax.set_xlabel(f"free steps of the {'attack' if x_key == 'attack_step' else 'prediction'}")
-        ax.set_ylabel("adversarial accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        adversarial_panel(ax, 7)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -290,9 +292,6 @@ def plot_report(curves: dict[str, dict[tuple, float]], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_title(f"{attack} L{norm}")
         ax.set_xlabel("eps (pixels in [0, 1])")
-        ax.set_ylabel("adversarial accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        adversarial_panel(ax, 7)
     fig.tight_layout()
     save_figure(fig, path)
