@@ -23,6 +23,17 @@ def cli(argv, capsys=None):
     return rc, out, err
 
 
+SMALL_MLP = ["--archi", "784", "32", "10", "--T1", "10", "--T2", "4", "--mbs", "100", "--optim",
+             "sgd", "--lrs", "0.1", "0.05", "--mmt", "0.9", "--epochs", "1"]
+
+
+def trained_run(root: Path, *flags) -> Path:
+    """A small EP MLP (SMALL_MLP, `flags` on top) trained on the offline digits and saved
+    under root; its results folder."""
+    assert cli([*SMALL_MLP, *flags, "--save", "--results-dir", root])[0] == 0
+    return only_run_dir(root)
+
+
 def only_run_dir(root: Path) -> Path:
     runs = [p for p in root.glob("*/*/*/*") if p.is_dir()]
     assert len(runs) == 1, runs

@@ -21,21 +21,16 @@ import art_patches
 from art_patches import (MEMORY_BUDGET, UnrolledNet, art_classifier, checkpoint_segment,
                          unroll_bytes)
 from data_utils import NORMALISATION, Split, load_task, normalise, pixels
-from helpers import ROOT, cli, only_run_dir, write_cifar
+from helpers import ROOT, cli, only_run_dir, trained_run, write_cifar
 from model_utils import LCAConfig, build_cnn, build_lcanet, build_mlp, relax
 from results import load_checked
 from trainer import evaluate_split
 
-SMALL = ["--archi", "784", "64", "10", "--T1", "10", "--T2", "4", "--mbs", "100", "--optim",
-         "sgd", "--lrs", "0.1", "0.05", "--mmt", "0.9", "--epochs", "2", "--save"]
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """An EP MLP trained for 2 epochs on the offline digits (about 90% test)."""
-    root = tmp_path_factory.mktemp("runs")
-    assert cli(SMALL + ["--results-dir", root]) [0] == 0
-    return only_run_dir(root)
+    return trained_run(tmp_path_factory.mktemp("runs"), "--archi", "784", "64", "10",
+                       "--epochs", "2")
 
 
 def rows(run_dir: Path) -> list[attack.Row]:

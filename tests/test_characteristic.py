@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from characteristic import Trajectory, trajectory
-from helpers import TINY_MLP, cli, only_run_dir
+from helpers import TINY_MLP, cli, only_run_dir, trained_run
 from model_utils import LCAConfig, build_cnn, build_lcanet, build_mlp, free_phase
 from solvers import Solver, relative_change
 
@@ -52,12 +52,7 @@ def test_each_step_predicts_as_that_many_free_steps_do(name, solver, float64):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    argv = ["--archi", "784", "32", "10", "--T1", "12", "--T2", "4", "--mbs", "100", "--optim",
-            "sgd", "--lrs", "0.1", "0.05", "--mmt", "0.9", "--epochs", "1", "--save",
-            "--results-dir", root]
-    assert cli(argv)[0] == 0
-    return only_run_dir(root)
+    return trained_run(tmp_path_factory.mktemp("runs"), "--T1", "12")
 
 
 def read_table(path) -> list[dict]:

@@ -12,17 +12,11 @@ import torch
 
 import corruptions
 from data_utils import load_task
-from helpers import ROOT, cli, only_run_dir, write_cifar
-
-SMALL = ["--archi", "784", "32", "10", "--T1", "10", "--T2", "4", "--mbs", "100", "--optim",
-         "sgd", "--lrs", "0.1", "0.05", "--mmt", "0.9", "--epochs", "1", "--save"]
-
+from helpers import ROOT, cli, only_run_dir, trained_run, write_cifar
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    assert cli(SMALL + ["--results-dir", root])[0] == 0
-    return only_run_dir(root)
+    return trained_run(tmp_path_factory.mktemp("runs"))
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:

@@ -5,20 +5,14 @@ import numpy as np
 import pytest
 
 import attack
-from helpers import cli, only_run_dir
-
-SMALL = ["--archi", "784", "32", "10", "--T1", "10", "--T2", "4", "--mbs", "100", "--optim",
-         "sgd", "--lrs", "0.1", "0.05", "--mmt", "0.9", "--epochs", "1", "--save"]
-
+from helpers import cli, trained_run
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two small EP MLPs (seeds 0 and 1); the first attacked with PGD, its examples saved."""
     found = []
     for seed in (0, 1):
-        root = tmp_path_factory.mktemp(f"seed{seed}")
-        assert cli(SMALL + ["--seed", seed, "--results-dir", root])[0] == 0
-        found.append(only_run_dir(root))
+        found.append(trained_run(tmp_path_factory.mktemp(f"seed{seed}"), "--seed", seed))
     assert cli(["--todo", "attack", "--load-path", found[0], "--eps", "0", "0.05", "0.1",
                 "--attack-images", "150", "--save-examples"])[0] == 0
     return found
