@@ -56,6 +56,8 @@ class Row:
     attack_step: int
     predict_step: int
     seconds: float
+    # the predictions' relaxation (solvers.py): each solver settles at its own fixed points
+    solver: str = ""  # (files written before it was recorded: "")
     source: str = ""  # --todo transfer: the run whose examples these were (else no column)
 
     def line(self) -> str:
@@ -65,6 +67,13 @@ class Row:
 
 TRANSFER_HEADER = "\t".join(f.name for f in fields(Row))
 HEADER = TRANSFER_HEADER.rsplit("\t", 1)[0]
+
+
+def solver_label(model: EnergyNet, feedforward: bool) -> str:
+    """How a model's predictions relax, as rows name it."""
+    if feedforward:
+        return "feed-forward"
+    return model.solver.label if model.solver else "sync"
 
 
 def art_norm(norm: str) -> float:
@@ -180,6 +189,7 @@ class Sweep:
         self.classifier = art_classifier(self.model, self.test.x.shape[1:], self.attack_step,
                                          self.predict_step, NORMALISATION.get(args.task),
                                          args.alg == "BP")
+        self.solver = solver_label(self.model, args.alg == "BP")
         self.last: tuple[np.ndarray, ...] = ()
         self.minimal: tuple | None = None  # a minimal-perturbation attack's result
         self.examples: list[tuple[float, np.ndarray]] = []  # --save-examples: (eps, images)
@@ -211,7 +221,7 @@ class Sweep:
             if args.save_examples:
                 self.examples.append((eps, x_adv))
             row = Row(name, norm, float(eps), clean_acc, 100.0 * float((pred == y).mean()),
-                      len(y), self.attack_step, self.predict_step, seconds)
+                      len(y), self.attack_step, self.predict_step, seconds, self.solver)
             tqdm.write(f"{name} L{norm} eps {eps:.4g}: clean {clean_acc:.2f}%, adversarial "
                        f"{row.adv_acc:.2f}% ({len(y)} images, {seconds:.1f}s)")
             self.last = (x, x_adv, clean_pred, pred, y)
@@ -282,18 +292,18 @@ class Sweep:
 
 
 def read_rows(path: Path) -> list[Row]:
-    """Every row of an Adversarial_Accuracy.txt (headers and comment lines skipped)."""
+    """Every row of an Adversarial_Accuracy.txt, read by the columns of the header above it
+    (each call writes one; older files lack a column or two); comment lines skipped."""
     if not path.exists():
         return []
-    rows = []
+    kinds = {f.name: {"str": str, "float": float, "int": int}[f.type] for f in fields(Row)}
+    rows, columns = [], HEADER.split("\t")
     for line in path.read_text().splitlines():
         parts = line.split("\t")
-        if len(parts) not in (len(fields(Row)) - 1, len(fields(Row))) or line.startswith(
-                ("#", "attack\t")):
-            continue
-        kinds = [f.type for f in fields(Row)]
-        cast = {"str": str, "float": float, "int": int}
-        rows.append(Row(*(cast[k](v) for k, v in zip(kinds, parts))))
+        if line.startswith("attack\t"):
+            columns = parts
+        elif not line.startswith("#") and len(parts) == len(columns):
+            rows.append(Row(**{c: kinds[c](v) for c, v in zip(columns, parts)}))
     return rows
 
 

@@ -159,19 +159,20 @@ def plot_adversarial(rows: list, path: Path) -> None:
     per attack (and step counts, and source run for transferred examples, dashed; an eps
     measured twice shows its latest row), clean accuracy dotted."""
     norms = sorted({r.norm for r in rows}, key=lambda n: n != "inf")
+    named = solver_names(rows)
     fig, axes = plt.subplots(1, len(norms), figsize=(6 * len(norms), 4), squeeze=False)
     for ax, norm in zip(axes[0], norms):
         lines: dict[tuple, dict[float, object]] = {}
         for r in rows:
             if r.norm == norm:
-                key = (r.attack, r.attack_step, r.predict_step, r.source)
+                key = (r.attack, r.attack_step, r.predict_step, r.source, named(r))
                 lines.setdefault(key, {})[r.eps] = r
-        for (attack, a_step, p_step, source), by_eps in lines.items():
+        for (attack, a_step, p_step, source, solver), by_eps in lines.items():
             eps = sorted(e for e in by_eps if e > 0)  # eps 0 is the clean line
             steps = "" if a_step == 0 else f", {a_step}/{p_step} steps"
             origin = f" from {'/'.join(Path(source).parts[-3:])}" if source else ""
             line, = ax.plot(eps, [by_eps[e].adv_acc for e in eps], "o-" if not source else "s--",
-                            label=f"{attack}{steps}{origin}")
+                            label=f"{attack}{steps}{solver}{origin}")
             ax.axhline(by_eps[max(by_eps)].clean_acc, color=line.get_color(), ls=":", lw=1)
         if any(r.eps > 0 for r in rows if r.norm == norm):
             ax.set_xscale("log")
@@ -179,6 +180,13 @@ def plot_adversarial(rows: list, path: Path) -> None:
         adversarial_panel(ax, 8)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def solver_names(rows: list):
+    """A row's solver as a line's label ends (", evenodd tol 0.0001"), only where the rows
+    were made with more than one."""
+    several = len({r.solver for r in rows}) > 1
+    return lambda r: f", {r.solver or 'solver unrecorded'}" if several else ""
 
 
 def plot_adversarial_examples(x, x_adv, clean_pred, adv_pred, y, path: Path, n: int,
@@ -238,16 +246,18 @@ def plot_adversarial_steps(rows: list, path: Path) -> None:
              len({r.predict_step for r in rows}) else "predict_step")
     other = "predict_step" if x_key == "attack_step" else "attack_step"
     panels = sorted({(r.attack, r.norm) for r in rows})
+    named = solver_names(rows)
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, (attack, norm) in zip(axes[0], panels):
         lines: dict[tuple, dict[int, float]] = {}
         for r in rows:
             if (r.attack, r.norm) == (attack, norm) and r.eps > 0:
-                lines.setdefault((r.eps, getattr(r, other)), {})[getattr(r, x_key)] = r.adv_acc
-        for (eps, steps), by_x in sorted(lines.items()):
+                key = (r.eps, getattr(r, other), named(r))
+                lines.setdefault(key, {})[getattr(r, x_key)] = r.adv_acc
+        for (eps, steps, solver), by_x in sorted(lines.items()):
             xs = sorted(by_x)
             ax.plot(xs, [by_x[x] for x in xs], "o-",
-                    label=f"eps {eps:.3g}, {other.replace('_', ' ')} {steps}")
+                    label=f"eps {eps:.3g}, {other.replace('_', ' ')} {steps}{solver}")
         ax.set_title(f"{attack} L{norm}")
         ax.set_xlabel(f"free steps of the {'attack' if x_key == 'attack_step' else 'prediction'}")
         adversarial_panel(ax, 7)

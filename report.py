@@ -4,7 +4,8 @@ beside it (white-box adversarial accuracy per attack, norm and eps; mean corrupt
 accuracy; median characteristic time). A markdown table on the terminal, report.csv and
 report_adversarial.png in the first folder. A folder it cannot read is named and skipped.
 An adversarial cell is the strongest attack found: the lowest accuracy over the step counts
-its rows were made with (each the latest of its kind).
+its rows were made with (each the latest of its kind), among the rows whose predictions relaxed
+with the run's own solver (another solver's fixed points make another classifier).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from attack import DEFAULT_EPS, RESULTS_FILE, read_rows
 from errors import UsageError
 from results import (BEST_MODEL, CHECKPOINT, FINAL_CHECKPOINT, METRICS, atomic_write_text,
                      load_checked)
+from solvers import Solver
 
 CSV_FILE, PLOT_FILE = "report.csv", "report_adversarial.png"
 MARKERS = (METRICS, BEST_MODEL, CHECKPOINT, FINAL_CHECKPOINT)  # what makes a folder a run
@@ -115,13 +117,26 @@ def characteristic_median(run: Path) -> float | None:
         raise ValueError(f"{path.name} is unreadable ({e})") from None
 
 
+def own_solver(args: dict) -> set[str]:
+    """The solver labels (attack.Row.solver) of the run's own predictions; "" is a row from
+    before solvers were recorded."""
+    if not args:
+        return {""}
+    if args.get("alg") == "BP":
+        return {"", "feed-forward"}
+    return {"", Solver(args.get("solver") or "sync", args.get("tol"),
+                       anderson_m=args.get("anderson_m") or 5).label}
+
+
 def read_run(run: Path) -> RunReport:
-    report = RunReport(run)
-    report.columns = {**describe(saved_args(run)), **accuracies(run),
+    report, args = RunReport(run), saved_args(run)
+    report.columns = {**describe(args), **accuracies(run),
                       "corruption_acc": corruption_mean(run),
                       "characteristic_median": characteristic_median(run)}
+    solvers = own_solver(args)
     latest = {(r.attack, r.norm, r.eps, r.attack_step, r.predict_step): r.adv_acc
-              for r in read_rows(run / RESULTS_FILE) if not r.source}  # white-box only
+              for r in read_rows(run / RESULTS_FILE)
+              if not r.source and r.solver in solvers}  # white-box only
     for (attack, norm, eps, _, _), acc in latest.items():
         key = (attack, norm, eps)
         report.adversarial[key] = min(acc, report.adversarial.get(key, acc))

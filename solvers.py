@@ -65,6 +65,12 @@ class Solver:
         memory = f", memory {self.anderson_m}" if self.name == "anderson" else ""
         return f"Solver({self.name}{memory}{tol})"
 
+    @property
+    def label(self) -> str:
+        """The solver as result files name it, e.g. `evenodd tol 0.0001`."""
+        memory = f" m {self.anderson_m}" if self.name == "anderson" else ""
+        return self.name + memory + (f" tol {self.tol:g}" if self.tol else "")
+
     def relax(self, model: EnergyNet, batch: Batch, s: States, steps: int,
               explicit: bool = True, check_every: int | None = None) -> States:
         """Up to `steps` steps (sweeps) from states s; fewer once converged (tol, no grad;

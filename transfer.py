@@ -90,6 +90,6 @@ def transfer_rows(sweep: Sweep, examples: dict) -> list[Row]:
         adv_acc = 100.0 * float((sweep.predict(x_adv) == y).mean())
         rows.append(Row(str(examples["attack"]), str(examples["norm"]), float(eps), clean_acc,
                         adv_acc, len(y), int(examples["attack_step"]), sweep.predict_step,
-                        time.time() - start, str(examples["source"])))
+                        time.time() - start, sweep.solver, str(examples["source"])))
         start = time.time()
     return rows

@@ -15,6 +15,9 @@ cnn="--model CNN --task MNIST5K --channels 32 64 --kernels 5 5 --pools mm --stri
 declare -A line=([mlp]="$mlp" [cnn]="$cnn")
 declare -A relax=([mlp]="" [cnn]="--solver evenodd --tol 1e-4")  # (BP has no relaxation)
 declare -A unroll=([mlp]="" [cnn]="--attack-step 60")  # a phase's sweeps (README)
+# the CNN's white-box sweeps on 200 digits and 3 eps: the full sweep is ~50 min a model here
+declare -A sweep=([mlp]="" [cnn]="--eps 0.01 0.03 0.1")
+declare -A pgd_images=([mlp]="" [cnn]="--attack-images 200")
 [ -d "$out/mnist_c" ] || python check/make_corruptions.py "$out/mnist_c"
 for model in ${lines:-mlp}; do
   for alg in EP BPTT BP; do
@@ -25,8 +28,9 @@ for model in ${lines:-mlp}; do
     run=$(dirname "$(find "$dir" -name metrics.csv | head -n 1)")
     steps=${unroll[$model]}
     [ "$alg" = BP ] && steps=""
-    python main.py --todo attack --load-path "$run" --attack pgd --save-examples $steps
-    python main.py --todo attack --load-path "$run" --attack square
+    python main.py --todo attack --load-path "$run" --attack pgd --save-examples $steps \
+      ${sweep[$model]} ${pgd_images[$model]}
+    python main.py --todo attack --load-path "$run" --attack square ${sweep[$model]}
     python main.py --todo attack --load-path "$run" --attack hsj --attack-norm 2 $hsj
     python main.py --todo corruptions --load-path "$run" --corruptions-dir "$out/mnist_c"
     if [ "$alg" != BP ]; then

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import importlib.metadata
 import math
+import shutil
 from argparse import Namespace
 from pathlib import Path
 
@@ -191,6 +192,28 @@ def test_a_gradient_free_attack_runs_once_per_predict_step(run, tmp_path):
     found = attack_cli(folder, "--attack", "square", "--eps", "0.1", "--attack-images", "10",
                        "--attack-step", "3", "10", "--predict-step", "6", "12")
     assert [(r.attack_step, r.predict_step) for r in found] == [(3, 6), (3, 12)]
+
+
+def test_rows_name_the_solver_their_predictions_relaxed_with(run, tmp_path):
+    """Each solver settles at its own fixed points: rows say which made them, files written
+    before that still read, and the report takes the run's own solver's rows only."""
+    import report
+    folder = tmp_path / "copy"
+    shutil.copytree(run, folder)
+    path = folder / attack.RESULTS_FILE
+    old_header = "\t".join(attack.HEADER.split("\t")[:-1])  # before rows had a solver
+    path.write_text(f"{old_header}\nfgsm\tinf\t0.2\t90\t10\t50\t10\t10\t0.5\n")
+    flags = ["--attack", "fgsm", "--eps", "0.1", "--attack-images", "50"]
+    attack_cli(folder, *flags)
+    found = attack_cli(folder, *flags, "--solver", "evenodd", "--tol", "1e-4")
+    assert [r.solver for r in found] == ["", "sync", "evenodd tol 0.0001"]
+    assert (found[0].eps, found[0].adv_acc) == (0.2, 10.0)
+    stronger = attack.Row("fgsm", "inf", 0.1, 90.0, 0.0, 50, 10, 10, 1.0, "anderson m 5 tol 1")
+    with open(path, "a") as f:
+        f.write(stronger.line() + "\n")
+    assert attack.read_rows(path)[-1] == stronger
+    assert report.read_run(folder).adversarial[("fgsm", "inf", 0.1)] == found[1].adv_acc
+    assert (folder / attack.PLOT_FILE).read_bytes().startswith(b"\x89PNG")
 
 
 def test_a_read_only_run_folder_fails_before_attacking(run, capsys, monkeypatch):
