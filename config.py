@@ -24,7 +24,8 @@ TODOS = {"train", "evaluate", "gducheck", "attack", "advtrain", "characteristic"
 TRAINING_TODOS = ("train", "advtrain")
 # the todos that read a trained run (--load-path) and write beside it
 READING_TODOS = ("evaluate", "attack", "characteristic", "transfer", "corruptions")
-ALGS, LOSSES, OPTIMS = ("EP", "BPTT", "BP"), ("mse", "cel"), ("sgd", "adam")
+ALGS, LOSSES, OPTIMS = ("EP", "CEP", "BPTT", "BP"), ("mse", "cel"), ("sgd", "adam")
+NUDGING = ("EP", "CEP")  # the rules with a nudged phase: --betas, --thirdphase, --random-sign
 CONV_LISTS = ("kernels", "strides", "paddings", "pools")
 CONV_FLAGS = ("channels",) + CONV_LISTS + ("fc",)
 # the attack flags and the todos they apply to
@@ -241,11 +242,12 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
             raise FlagError(f"{flag(dest)} does not apply to --model {args.model}; remove it",
                             dest, "model")
     check_lca(args, typed)
-    if args.alg != "EP" and trains(args):  # evaluate, gducheck and attack ignore --alg
+    if args.alg not in NUDGING and trains(args):  # evaluate, gducheck and attack ignore --alg
         for dest in ("thirdphase", "random_sign"):
             if getattr(args, dest):
-                raise FlagError(f"{flag(dest)} only applies with --alg EP (not {args.alg})",
-                                dest, "alg")
+                raise FlagError(f"{flag(dest)} only applies with --alg EP or CEP (not "
+                                f"{args.alg})", dest, "alg")
+    check_cep(args, typed)
     if args.softmax and args.loss != "cel":
         raise FlagError("--softmax needs --loss cel: the read-out is trained with cross-entropy",
                         "softmax", "loss")
@@ -379,9 +381,9 @@ def check_vf_and_gdu(args: Namespace, typed: set[str]) -> None:
         raise FlagError(f"--alg BP: a feed-forward pass never uses the feedback weights of "
                         f"--model {args.model}; use --alg EP or BPTT", "alg", "model")
     wrong_todo = not trains(args) and "check_thm" in typed  # a saved run's is ignored
-    if args.check_thm and (wrong_todo or trains(args) and args.alg != "EP"):
+    if args.check_thm and (wrong_todo or trains(args) and args.alg not in NUDGING):
         raise FlagError("--check-thm checks EP while it trains: use it with --todo train "
-                        "--alg EP, or run --todo gducheck", "check_thm", "alg")
+                        "--alg EP or CEP, or run --todo gducheck", "check_thm", "alg")
     if (args.check_thm or args.todo == "gducheck") and args.betas[0] != 0:
         raise FlagError(f"--betas {args.betas[0]:g} {args.betas[1]:g}: the GDU check starts "
                         f"from the free fixed point; give --betas 0 {args.betas[1]:g}", "betas")
@@ -454,6 +456,24 @@ def check_characteristic(args: Namespace, typed: set[str]) -> None:
                             "radius in one norm, through one unroll; give one value", dest)
 
 
+def check_cep(args: Namespace, typed: set[str]) -> None:
+    """--alg CEP on the models and precisions the published rule is defined for."""
+    if args.cep_debug and not (args.alg == "CEP" and trains(args)):
+        if "cep_debug" in typed:  # a saved run's is ignored
+            raise FlagError("--cep-debug applies to --alg CEP while training; remove it",
+                            "cep_debug", "alg")
+        return
+    if args.alg != "CEP" or not trains(args):
+        return
+    if args.model not in ("MLP", "CNN"):  # the published rule has no feedback or code update
+        raise FlagError(f"--alg CEP is defined (as published) for --model MLP and CNN, not "
+                        f"{args.model}: use --alg EP", "alg", "model")
+    if args.precision == "bf16":
+        raise FlagError("--precision bf16 with --alg CEP: each update pairs two consecutive "
+                        "nudged states, closer than bfloat16's rounding; use fp32 or tf32",
+                        "precision", "alg")
+
+
 def check_lca(args: Namespace, typed: set[str]) -> None:
     """LCANet's own flags: --dict_loss spelled as the seed scripts do, --eta only where the
     unsupervised step runs."""
@@ -484,14 +504,14 @@ def check_steps(args: Namespace) -> None:
                         "T2 of the T1 free steps; make T2 <= T1", "T2", "T1")
     if gdu and args.T2 < 1:
         raise FlagError("--T2 0: the GDU check compares the T2 nudged steps; give --T2 >= 1", "T2")
-    if trains(args) and args.T2 < 1 and args.alg in ("EP", "BPTT"):
+    if trains(args) and args.T2 < 1 and args.alg in (*NUDGING, "BPTT"):
         why = ("BPTT back-propagates through the last T2 steps" if args.alg == "BPTT" else
                "EP's nudged phase needs at least one step to move the states")
         raise FlagError(f"--T2 0: {why}; give --T2 >= 1", "T2", "alg")
-    if (args.alg == "EP" or args.todo == "gducheck") and args.betas[0] == args.betas[1]:
+    if (args.alg in NUDGING or args.todo == "gducheck") and args.betas[0] == args.betas[1]:
         raise FlagError("--betas: beta1 and beta2 must differ (EP divides by beta2 - beta1)",
                         "betas")
-    ep = args.todo == "gducheck" or trains(args) and args.alg == "EP"
+    ep = args.todo == "gducheck" or trains(args) and args.alg in NUDGING
     least, dtype = (MIN_NUDGE_FLOAT64, "float64") if args.todo == "gducheck" else (
         MIN_NUDGE, "float32")
     if ep and 0 < abs(args.betas[1] - args.betas[0]) < least:
@@ -504,7 +524,7 @@ def check_steps(args: Namespace) -> None:
 def check_signs(args: Namespace, typed: set[str]) -> None:
     """--random-sign and --thirdphase: which sign of beta2 the nudged phase(s) use."""
     beta1, beta2 = args.betas
-    ep = args.todo == "gducheck" or trains(args) and args.alg == "EP"
+    ep = args.todo == "gducheck" or trains(args) and args.alg in NUDGING
     if args.thirdphase and ep and beta2 == 0:
         raise FlagError(f"--betas {beta1:g} 0: --thirdphase nudges at +beta2 and -beta2 and "
                         "divides by 2 beta2; give a beta2 other than 0", "betas", "thirdphase")
@@ -516,7 +536,7 @@ def check_signs(args: Namespace, typed: set[str]) -> None:
                         "random_sign")
     if not trains(args):
         return
-    if args.thirdphase and {"random_sign", "thirdphase"} & typed:
+    if args.thirdphase and args.alg == "EP" and {"random_sign", "thirdphase"} & typed:
         raise FlagError("--random-sign has no effect with --thirdphase, whose nudged phases "
                         "already use +beta2 and -beta2; remove one of them", "random_sign",
                         "thirdphase")

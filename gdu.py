@@ -78,8 +78,10 @@ def bptt_updates(model: EnergyNet, x: Tensor, y: Tensor, s_start: States, T2: in
 
 
 def ep_updates(model: EnergyNet, x: Tensor, y: Tensor, s_free: States, T2: int, beta: float,
-               same_update: bool = False) -> Updates:
-    """EP's neural and weight updates at each of the T2 nudged steps from the free state.
+               same_update: bool = False, continual_lr: float = 0.0) -> Updates:
+    """EP's neural and weight updates at each of the T2 nudged steps from the free state;
+    with `continual_lr` (Continual EP, as the published check) each step's weight update is
+    applied at that lr before the next step (to `model`: give it a copy).
 
     The read-out (softmax) enters through the loss only: its update at step t is the change of
     dL/dW_out, so that the sum up to t is dL/dW_out at the nudged state, as in training. VF
@@ -100,6 +102,11 @@ def ep_updates(model: EnergyNet, x: Tensor, y: Tensor, s_free: States, T2: int, 
                 share_feedback_updates(model, grads)
             per_step.append([(b - a) / beta for a, b in zip(model.visible(s),
                                                              model.visible(s_next))] + grads)
+            if continual_lr:  # the next step, its drive and dPhi/dtheta with the moved weights
+                for p, g in zip(model.parameters(), grads, strict=True):
+                    p.sub_(continual_lr * g)
+                nudged = model.batch(x, y).nudged(beta)
+                dphi_next = model.param_grads(nudged, s_next, pre)
             s, dphi = s_next, dphi_next
     return _stack(update_names(model), per_step)
 
@@ -148,8 +155,10 @@ def free_drift(model: EnergyNet, x: Tensor, s_free: States) -> float:
 
 
 def gdu_check(model: EnergyNet, x: Tensor, y: Tensor, T1: int, T2: int, beta: float,
-              thirdphase: bool = False, same_update: bool = False) -> dict:
-    """BPTT, one-sided EP (and with `thirdphase` symmetric EP) updates and their comparison."""
+              thirdphase: bool = False, same_update: bool = False,
+              continual_lr: float = 0.0) -> dict:
+    """BPTT, one-sided EP (and with `thirdphase` symmetric EP) updates and their comparison;
+    `continual_lr`: Continual EP's, whose weights move by each step's update at that lr."""
     if not (0 < T2 <= T1) or beta == 0 or not math.isfinite(beta):
         raise ValueError("the GDU check needs 0 < T2 <= T1 and a finite beta != 0")
     model64 = copy.deepcopy(model).double()
@@ -162,12 +171,15 @@ def gdu_check(model: EnergyNet, x: Tensor, y: Tensor, T1: int, T2: int, beta: fl
         s_start = relax(model64, free, model64.init_states(x64), T1 - T2)
         s_free = relax(model64, free, s_start, T2)
     bptt = bptt_updates(model64, x64, y, s_start, T2)
-    result = {"bptt": tie_feedback(bptt) if same_update else bptt,
-              "one_sided": ep_updates(model64, x64, y, s_free, T2, beta, same_update),
+    def nudged(sign: float) -> Updates:  # (CEP moves the weights: each phase on a copy)
+        net = copy.deepcopy(model64) if continual_lr else model64
+        return ep_updates(net, x64, y, s_free, T2, sign * beta, same_update, continual_lr)
+
+    result = {"bptt": tie_feedback(bptt) if same_update else bptt, "one_sided": nudged(1.0),
               "free_drift": free_drift(model64, x64, s_free)}
     result["metrics"] = {"one_sided": compare(result["one_sided"], result["bptt"])}
     if thirdphase:
-        minus = ep_updates(model64, x64, y, s_free, T2, -beta, same_update)
+        minus = nudged(-1.0)
         result["symmetric"] = symmetric(result["one_sided"], minus)
         result["metrics"]["symmetric"] = compare(result["symmetric"], result["bptt"])
     return result

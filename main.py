@@ -26,6 +26,7 @@ import torch  # noqa: E402
 import config  # noqa: E402
 import distributed  # noqa: E402
 import plots  # noqa: E402
+from continual import CEP_CHECK_LR  # noqa: E402
 from data_utils import Split, load_task  # noqa: E402
 from errors import Diverged, UsageError  # noqa: E402
 from gdu import gdu_check, gdu_report  # noqa: E402
@@ -119,7 +120,8 @@ def build_parser() -> Parser:
                    "predictions settle), transfer (a run on another's adversarial "
                    "examples), corruptions (a run on common corruptions), report (a table of "
                    "the runs under folders)")
-    g.add_argument("--alg", default="EP", help="EP, BPTT or BP (feed-forward backprop)")
+    g.add_argument("--alg", default="EP", help="EP, CEP (Continual EP: weights updated at "
+                   "every nudged step), BPTT or BP (feed-forward backprop)")
     g.add_argument("--T1", type=int, default=30, help="free-phase steps")
     g.add_argument("--T2", type=int, default=10,
                    help="nudged-phase steps (BPTT: steps with graph)")
@@ -128,6 +130,9 @@ def build_parser() -> Parser:
     g.add_argument("--random-sign", action="store_true", help="EP: random sign of beta2 per batch")
     g.add_argument("--thirdphase", action="store_true",
                    help="EP: symmetric estimate from nudged phases at +beta2 and -beta2")
+    g.add_argument("--cep-debug", action="store_true",
+                   help="CEP: lrs x 6e-5 inside the nudged phase, weights restored, then one "
+                   "step on the summed change (the published check that CEP tends to EP)")
     g.add_argument("--same-update", action="store_true",
                    help="VF models, EP: W and its feedback B both get the mean of their updates")
     g.add_argument("--check-thm", action="store_true",
@@ -402,9 +407,11 @@ def gducheck(job: Job) -> int:
         check_writable(run_dir, "the GDU check's report")
     gen = torch.Generator(device=data.x.device).manual_seed(args.seed)
     pick = torch.randperm(len(data), generator=gen, device=data.x.device)[:args.mbs]
+    continual_lr = CEP_CHECK_LR if args.alg == "CEP" else 0.0
     result = gdu_check(job.model, data.x[pick], data.y[pick], args.T1, args.T2, args.betas[1],
-                       args.thirdphase, args.same_update)
+                       args.thirdphase, args.same_update, continual_lr)
     settings = {"model": args.model, "task": args.task, "loss": args.loss, "act": args.act,
+                "alg": "CEP" if continual_lr else "EP",
                 "softmax": args.softmax, "T1": args.T1, "T2": args.T2, "beta": args.betas[1],
                 "samples": len(pick), "same_update": args.same_update, "weights": origin}
     report, text = gdu_report(result, settings)

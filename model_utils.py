@@ -851,7 +851,8 @@ def energy_gradients(model: EnergyNet, batch: Batch, s_a: States, beta_a: float,
     a, b = batch.nudged(beta_a), batch.nudged(beta_b)
     if explicit:
         with torch.no_grad():
-            scale = 1.0 / ((beta_b - beta_a) * batch.x.shape[0])
+            # (an empty batch, a process's share of a small last batch under torchrun: zeros)
+            scale = 1.0 / ((beta_b - beta_a) * max(batch.x.shape[0], 1))
             return [(ga - gb).mul_(scale) for ga, gb in zip(model.param_grads(a, s_a, pre),
                                                               model.param_grads(b, s_b, pre))]
     with torch.enable_grad():

@@ -148,7 +148,7 @@ class Solver:
 
     def count(self, batch: Batch, watch: Convergence) -> None:
         counts, n = self.counts, len(batch.x)
-        counts.steps += watch.sample_steps / n
+        counts.steps += watch.sample_steps / max(n, 1)  # (an empty share under torchrun: 0)
         counts.longest = max(counts.longest, watch.steps)
         if watch.tol is not None:
             counts.capped += watch.capped

@@ -22,6 +22,7 @@ from tqdm import tqdm
 import distributed
 import plots
 from data_utils import Split, batches, num_batches
+from continual import CEP_CHECK_LR, continual_ep, step_weight_decays
 from errors import Diverged, UsageError
 from gdu import gdu_check, mean_rmse
 from model_utils import (EnergyNet, Phases, States, bp_gradients, bptt_gradients, ep_gradients,
@@ -39,9 +40,13 @@ BLOWUP_GROWTH, BLOWUP_ACCURACY = 1e3, 1.5  # x the init's largest weight; x chan
 
 
 def make_optimizer(model: EnergyNet, args: Namespace) -> torch.optim.Optimizer:
-    """One parameter group per synapse, with that layer's lr and weight decay."""
+    """One parameter group per synapse, with that layer's lr and weight decay (CEP's per
+    step, converted as published)."""
+    wds = args.wds
+    if args.alg == "CEP" and not args.cep_debug:
+        wds = step_weight_decays(args.lrs, args.wds, args.T2)
     groups = [{"params": list(syn.parameters()), "lr": lr, "weight_decay": wd}
-              for syn, lr, wd in zip(model.synapses, args.lrs, args.wds)]
+              for syn, lr, wd in zip(model.synapses, args.lrs, wds)]
     # fused: one kernel for all parameters (2-3x faster steps on CPU and on CUDA)
     if args.optim == "sgd":
         return torch.optim.SGD(groups, momentum=args.mmt, fused=True)
@@ -255,13 +260,17 @@ class Trainer:
         if self.args.dropouts is not None:  # drawn for the whole batch: alike in every process
             masks = self.model.dropout_masks(x, self.args.dropouts, self.gen)
         sign = 1.0
-        if alg == "EP" and self.args.random_sign:
+        if alg in ("EP", "CEP") and self.args.random_sign:
             sign = 2.0 * torch.randint(0, 2, (), generator=self.gen, device=x.device).item() - 1
         part = distributed.shard(total)
         x, y = x[part], y[part]
         masks = masks and tuple(m if m is None else m[part] for m in masks)
         if self.adversary is not None and len(y):
             x = self.adversary(x, y)
+        if alg == "CEP":  # its optimizer steps are inside the nudged phase (in every process)
+            return x, y, continual_ep(self.model, x, y, self.phases, self.optimizer, sign, masks,
+                                      self.args.cep_debug, lambda: distributed.average_gradients(
+                                          self.model, len(y), total))
         if not len(y):  # a last batch smaller than the process count: this one has no share
             write_grads(self.model, [torch.zeros_like(p) for p in self.model.parameters()])
             s = self.model.init_states(x)
@@ -307,7 +316,8 @@ class Trainer:
         for solver in solvers:
             solver.counts = StepCounts()
         x, y, s = self.train_batch(x, y)
-        self.optimizer.step()
+        if self.args.alg != "CEP":
+            self.optimizer.step()
         self.model.after_update(x, s, distributed.all_sum, total)
         counts = ([0.0] * 4 if not solvers else [model.solver.counts.steps,
                   model.nudged_solver.counts.steps, model.solver.counts.capped,
@@ -343,8 +353,9 @@ class Trainer:
     def check_theorem(self, x: Tensor, y: Tensor) -> float:
         """--check-thm: the GDU check on the batch's first samples; its mean normalised RMSE."""
         ph, k = self.phases, CHECK_THM_SAMPLES
+        continual_lr = CEP_CHECK_LR if self.args.alg == "CEP" else 0.0
         result = gdu_check(self.model, x[:k], y[:k], ph.T1, ph.T2, ph.beta2, False,
-                           ph.same_update)
+                           ph.same_update, continual_lr)
         rmse = mean_rmse(result["metrics"]["one_sided"])
         tqdm.write(f"GDU check ({len(y[:k])} samples): mean normalised RMSE {rmse:.4f}")
         return rmse

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
+from continual import continual_ep
 from model_utils import (EnergyNet, LCAConfig, Phases, bp_gradients, bptt_gradients, build_cnn,
                          build_lcanet, build_mlp, ep_gradients, free_phase, set_precision)
 from solvers import Convergence, Solver
@@ -64,6 +65,12 @@ def test_phases_and_estimators_never_read_tensors_on_the_host(name, precision, s
             bp_gradients(model, x, y, masks)
         model.after_update(x, free_phase(model, x, 6))
         assert all(p.grad is not None for p in model.parameters())
+        if name in ("MLP", "CNN") and precision == "fp32":  # Continual EP's optimizer steps too
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
+                                        weight_decay=1e-3, fused=True)
+            for thirdphase, debug in ((False, False), (True, True)):
+                continual_ep(model, x, y, Phases(6, 3, 0.0, 0.5, thirdphase), optimizer,
+                             masks=masks, debug=debug)
 
 
 @pytest.mark.parametrize("solver", ["sync", "evenodd", "anderson"])
