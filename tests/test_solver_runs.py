@@ -12,7 +12,10 @@ SOLVER_LINES = {"sync tol": ["--tol", "1e-3", "--check-every", "2"],
                 "evenodd": ["--solver", "evenodd"],
                 "evenodd tol": ["--solver", "evenodd", "--tol", "1e-3", "--check-every", "2"],
                 "anderson tol": ["--solver", "anderson", "--anderson-m", "3", "--tol", "1e-3",
-                                 "--check-every", "2"]}
+                                 "--check-every", "2"],
+                # Continual EP: free phase by the solver; nudged, back and third: 3 x T2 steps
+                "CEP evenodd tol": ["--alg", "CEP", "--thirdphase", "--solver", "evenodd",
+                                    "--tol", "1e-3", "--check-every", "2"]}
 RUN = TINY_MLP + ["--T1", "12", "--T2", "4", "--seed", "3", "--save"]
 
 
@@ -32,6 +35,8 @@ def test_a_resumed_run_equals_an_uninterrupted_one(name, tmp_path, capsys, monke
     rows = metrics(a)
     assert [list(r)[-2:] for r in rows] == [["free_steps", "nudged_steps"]] * 2
     free = [float(r["free_steps"]) for r in rows]
+    if "CEP" in name:
+        assert [float(r["nudged_steps"]) for r in rows] == [12.0] * 2
     if "tol" in name:
         assert all(0 < f < 12 and f % 2 == 0 or 0 < f < 12 for f in free)
     else:

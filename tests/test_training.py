@@ -15,9 +15,14 @@ from helpers import (ROOT, TINY_MLP, assert_same_weights, cli, metrics, only_run
 AUGMENTED = TINY_MLP + ["--random-sign", "--data-aug", "--seed", "3", "--save"]
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path, capsys):
-    assert cli(AUGMENTED + ["--epochs", "3", "--results-dir", tmp_path / "a"])[0] == 0
-    assert cli(AUGMENTED + ["--epochs", "1", "--results-dir", tmp_path / "b"])[0] == 0
+CONTINUAL = ["--alg", "CEP", "--thirdphase", "--wds", "0.1", "0.1", "--lr-decay"]
+
+
+@pytest.mark.parametrize("extra", [[], CONTINUAL], ids=["EP", "CEP"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, capsys, extra):
+    argv = AUGMENTED + extra
+    assert cli(argv + ["--epochs", "3", "--results-dir", tmp_path / "a"])[0] == 0
+    assert cli(argv + ["--epochs", "1", "--results-dir", tmp_path / "b"])[0] == 0
     a, b = only_run_dir(tmp_path / "a"), only_run_dir(tmp_path / "b")
     assert cli(["--todo", "train", "--load-path", b, "--epochs", "2"])[0] == 0
     assert_same_weights(weights(a / "final_model.pt"), weights(b / "final_model.pt"))
@@ -27,7 +32,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, capsys):
     assert "resumed after epoch 1" in (b / "hyperparameters.txt").read_text()
 
 
-@pytest.mark.parametrize("extra", [[], ["--model", "VFMLP", "--check-thm"]], ids=["MLP", "VF"])
+@pytest.mark.parametrize("extra", [[], ["--model", "VFMLP", "--check-thm"],
+                                   ["--alg", "CEP", "--cep-debug", "--check-thm"]],
+                         ids=["MLP", "VF", "CEP"])
 def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch(tmp_path, capsys, monkeypatch, extra):
     argv = AUGMENTED + extra
     assert cli(argv + ["--epochs", "2", "--results-dir", tmp_path / "a"])[0] == 0
