@@ -24,8 +24,11 @@ TODOS = {"train", "evaluate", "gducheck", "attack", "advtrain", "characteristic"
 TRAINING_TODOS = ("train", "advtrain")
 # the todos that read a trained run (--load-path) and write beside it
 READING_TODOS = ("evaluate", "attack", "characteristic", "transfer", "corruptions")
-ALGS, LOSSES, OPTIMS = ("EP", "CEP", "BPTT", "BP"), ("mse", "cel"), ("sgd", "adam")
-NUDGING = ("EP", "CEP")  # the rules with a nudged phase: --betas, --thirdphase, --random-sign
+ALGS, LOSSES, OPTIMS = ("EP", "CEP", "CL", "CpL", "BPTT", "BP"), ("mse", "cel"), ("sgd", "adam")
+# the rules with a second phase, nudged or clamped: --betas, --nudge, --random-sign
+NUDGING = ("EP", "CEP", "CL", "CpL")
+CLAMPING = ("CL", "CpL")  # their second phase clamps the output layer
+NUDGES = ("positive", "negative", "centered")
 CONV_LISTS = ("kernels", "strides", "paddings", "pools")
 CONV_FLAGS = ("channels",) + CONV_LISTS + ("fc",)
 # the attack flags and the todos they apply to
@@ -248,6 +251,7 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
                 raise FlagError(f"{flag(dest)} only applies with --alg EP or CEP (not "
                                 f"{args.alg})", dest, "alg")
     check_cep(args, typed)
+    check_nudge(args, typed)
     if args.softmax and args.loss != "cel":
         raise FlagError("--softmax needs --loss cel: the read-out is trained with cross-entropy",
                         "softmax", "loss")
@@ -381,7 +385,7 @@ def check_vf_and_gdu(args: Namespace, typed: set[str]) -> None:
         raise FlagError(f"--alg BP: a feed-forward pass never uses the feedback weights of "
                         f"--model {args.model}; use --alg EP or BPTT", "alg", "model")
     wrong_todo = not trains(args) and "check_thm" in typed  # a saved run's is ignored
-    if args.check_thm and (wrong_todo or trains(args) and args.alg not in NUDGING):
+    if args.check_thm and (wrong_todo or trains(args) and args.alg not in ("EP", "CEP")):
         raise FlagError("--check-thm checks EP while it trains: use it with --todo train "
                         "--alg EP or CEP, or run --todo gducheck", "check_thm", "alg")
     if (args.check_thm or args.todo == "gducheck") and args.betas[0] != 0:
@@ -454,6 +458,42 @@ def check_characteristic(args: Namespace, typed: set[str]) -> None:
         if len(entries(args, dest)) > 1:
             raise FlagError(f"{flag(dest)}: --todo characteristic follows one attack at one "
                             "radius in one norm, through one unroll; give one value", dest)
+
+
+def check_nudge(args: Namespace, typed: set[str]) -> None:
+    """--nudge, with its old spellings (--thirdphase: centered; a negative beta2 alone:
+    negative), and the clamping rules' limits. Sets --thirdphase where centered."""
+    if args.nudge is None:  # (also a run saved before --nudge existed)
+        args.nudge = "centered" if args.thirdphase else "positive"
+    one_of("nudge", args.nudge, NUDGES)
+    if "nudge" in typed and trains(args) and args.alg not in NUDGING:
+        raise FlagError(f"--nudge applies to the rules with a second phase (--alg "
+                        f"{', '.join(NUDGING)}), not {args.alg}; remove it", "nudge", "alg")
+    if args.thirdphase and args.nudge != "centered":
+        raise FlagError(f"--thirdphase is --nudge centered, and --nudge is {args.nudge}; remove "
+                        "one of them", "thirdphase", "nudge")
+    args.thirdphase = args.nudge == "centered"
+    if args.nudge == "negative" and args.betas[1] < 0:
+        raise FlagError(f"--nudge negative runs the second phase at -beta2, and beta2 is "
+                        f"{args.betas[1]:g}: give --betas {args.betas[0]:g} "
+                        f"{-args.betas[1]:g}", "nudge", "betas")
+    if args.nudge == "negative" and args.random_sign:
+        raise FlagError("--random-sign draws the sign of beta2 each batch; --nudge negative "
+                        "fixes it: remove one of them", "random_sign", "nudge")
+    if args.alg not in CLAMPING or not trains(args):
+        return
+    if args.softmax:
+        raise FlagError(f"--alg {args.alg} clamps the output layer, and with --softmax the "
+                        "output is a read-out outside the energy, with no state to clamp; "
+                        "remove --softmax or use --alg EP", "softmax", "alg")
+    if args.betas[0] != 0:
+        raise FlagError(f"--betas {args.betas[0]:g} {args.betas[1]:g}: --alg {args.alg}'s "
+                        f"first phase is free; give --betas 0 {args.betas[1]:g}", "betas", "alg")
+    if args.alg == "CL" and ("betas" in typed or args.nudge != "positive" or args.random_sign):
+        raise FlagError("--alg CL clamps the output to the target, with no beta and no sign; "
+                        "remove --betas, --nudge and --random-sign (--alg CpL clamps it to "
+                        "(1 - beta) o* + beta y, at either sign or both)", "alg", "betas",
+                        "nudge")
 
 
 def check_cep(args: Namespace, typed: set[str]) -> None:
@@ -536,7 +576,7 @@ def check_signs(args: Namespace, typed: set[str]) -> None:
                         "random_sign")
     if not trains(args):
         return
-    if args.thirdphase and args.alg == "EP" and {"random_sign", "thirdphase"} & typed:
+    if args.thirdphase and args.alg != "CEP" and {"random_sign", "thirdphase", "nudge"} & typed:
         raise FlagError("--random-sign has no effect with --thirdphase, whose nudged phases "
                         "already use +beta2 and -beta2; remove one of them", "random_sign",
                         "thirdphase")

@@ -121,15 +121,20 @@ def build_parser() -> Parser:
                    "examples), corruptions (a run on common corruptions), report (a table of "
                    "the runs under folders)")
     g.add_argument("--alg", default="EP", help="EP, CEP (Continual EP: weights updated at "
-                   "every nudged step), BPTT or BP (feed-forward backprop)")
+                   "every nudged step), CL (contrastive: the output clamped to the target), "
+                   "CpL (coupled: clamped to (1 - beta) o* + beta y), BPTT or BP (feed-forward "
+                   "backprop)")
     g.add_argument("--T1", type=int, default=30, help="free-phase steps")
     g.add_argument("--T2", type=int, default=10,
                    help="nudged-phase steps (BPTT: steps with graph)")
     g.add_argument("--betas", nargs="+", type=float, default=[0.0, 0.1], metavar="BETA",
                    help="two values: beta of the free phase and of the nudged phase")
+    g.add_argument("--nudge", default=None,
+                   help="EP, CEP, CpL: the second phase at +beta2 (positive, the default), at "
+                   "-beta2 (negative) or both (centered, the symmetric estimate)")
     g.add_argument("--random-sign", action="store_true", help="EP: random sign of beta2 per batch")
-    g.add_argument("--thirdphase", action="store_true",
-                   help="EP: symmetric estimate from nudged phases at +beta2 and -beta2")
+    g.add_argument("--thirdphase", action="store_true", help="the old spelling of --nudge "
+                   "centered: second phases at +beta2 and -beta2")
     g.add_argument("--cep-debug", action="store_true",
                    help="CEP: lrs x 6e-5 inside the nudged phase, weights restored, then one "
                    "step on the summed change (the published check that CEP tends to EP)")
@@ -408,11 +413,12 @@ def gducheck(job: Job) -> int:
     gen = torch.Generator(device=data.x.device).manual_seed(args.seed)
     pick = torch.randperm(len(data), generator=gen, device=data.x.device)[:args.mbs]
     continual_lr = CEP_CHECK_LR if args.alg == "CEP" else 0.0
-    result = gdu_check(job.model, data.x[pick], data.y[pick], args.T1, args.T2, args.betas[1],
+    beta = -args.betas[1] if args.nudge == "negative" else args.betas[1]
+    result = gdu_check(job.model, data.x[pick], data.y[pick], args.T1, args.T2, beta,
                        args.thirdphase, args.same_update, continual_lr)
     settings = {"model": args.model, "task": args.task, "loss": args.loss, "act": args.act,
                 "alg": "CEP" if continual_lr else "EP",
-                "softmax": args.softmax, "T1": args.T1, "T2": args.T2, "beta": args.betas[1],
+                "softmax": args.softmax, "T1": args.T1, "T2": args.T2, "beta": beta,
                 "samples": len(pick), "same_update": args.same_update, "weights": origin}
     report, text = gdu_report(result, settings)
     print(text)

@@ -316,8 +316,9 @@ class Batch:
     """What stays fixed while the states of one mini-batch relax: the clamped input x, its
     bottom-up drive into layer 1 (computed once), the one-hot target, the nudge beta (a
     number, or one value per sample when several nudged phases share one batch), the
-    dropout masks (--dropouts; drawn once per batch, the same in every phase) and, for a
-    bf16 nudged phase, the states it is linearised at (`EnergyNet.linearised`)."""
+    dropout masks (--dropouts; drawn once per batch, the same in every phase), for a
+    bf16 nudged phase the states it is linearised at (`EnergyNet.linearised`) and, for a
+    clamped phase (contrastive and coupled learning), the output layer's held value."""
 
     x: Tensor
     drive: Tensor
@@ -325,9 +326,17 @@ class Batch:
     beta: float | Tensor = 0.0
     masks: Masks = None
     reference: tuple[Linearisation, ...] | None = None  # EnergyNet.linearised
+    clamp: Tensor | None = None  # the output layer's state throughout the phase
 
     def nudged(self, beta: float | Tensor) -> Batch:
         return replace(self, beta=beta)
+
+    def clamped(self, output: Tensor) -> Batch:
+        """Coupled learning's second phase at this batch's beta: the output layer held at
+        (1 - beta) o + beta y (o: its free state `output`, y: the target; beta 1: the target,
+        contrastive learning), instead of nudged."""
+        beta = _per_sample(self.beta, output)
+        return replace(self, beta=0.0, clamp=output + beta * (self.target - output))
 
     def stacked(self, beta: float) -> Batch:
         """Two copies as one batch of 2B, nudged by +beta and -beta (the symmetric estimate)."""
@@ -350,7 +359,7 @@ class Batch:
                      fn(self.beta) if isinstance(self.beta, Tensor) else self.beta,
                      self.masks and tuple(map(each, self.masks)),
                      self.reference and tuple(Linearisation(*map(each, r))
-                                              for r in self.reference))
+                                              for r in self.reference), each(self.clamp))
 
 
 class Neurons:
@@ -582,7 +591,7 @@ class EnergyNet(nn.Module):
     def step(self, batch: Batch, s: States) -> States:
         """One synchronous step s_k <- act(dPhi/ds_k), from explicit local terms."""
         fields = self.field(batch, self.visible(s))
-        return [n.update(a, old) for n, a, old in zip(self.neurons, fields, s)]
+        return held(batch, [n.update(a, old) for n, a, old in zip(self.neurons, fields, s)])
 
     @property
     def halves(self) -> tuple[tuple[int, ...], ...]:
@@ -600,6 +609,7 @@ class EnergyNet(nn.Module):
             fields, routes = self.layer_fields(batch, self.visible(s), half, routes)
             for k, a in zip(half, fields):
                 s[k] = self.neurons[k].update(a, s[k])
+            s = held(batch, s)
         return s, routes
 
     def first_routes(self, batch: Batch, s: list[Tensor]) -> tuple:
@@ -700,6 +710,11 @@ def _masked(masks: Masks, k: int, t: Tensor) -> Tensor:
     return t if masks is None or masks[k] is None else t * masks[k]
 
 
+def held(batch: Batch, s: States) -> States:
+    """s with the output layer at the batch's clamp, in a clamped phase."""
+    return s if batch.clamp is None else [*s[:-1], batch.clamp]
+
+
 def _is_zero(beta: float | Tensor) -> bool:
     return isinstance(beta, (int, float)) and beta == 0
 
@@ -730,8 +745,8 @@ def autograd_step(model: EnergyNet, batch: Batch, s: States, layers=None) -> Sta
         post = [t.view_as(t) for t in leaves]
         phi = model.phi(batch, post, pre=leaves) if model.has_feedback else model.phi(batch, post)
         grads = torch.autograd.grad(phi.sum(), post, create_graph=keep_graph)
-    return [n.update(g, old) if layers is None or k in layers else old
-            for k, (n, g, old) in enumerate(zip(model.neurons, grads, s))]
+    return held(batch, [n.update(g, old) if layers is None or k in layers else old
+                        for k, (n, g, old) in enumerate(zip(model.neurons, grads, s))])
 
 
 def autograd_sweep(model: EnergyNet, batch: Batch, s: States,
@@ -831,6 +846,7 @@ class Phases:
     thirdphase: bool = False
     explicit: bool = True
     same_update: bool = False  # VF models: W and its B both get the mean of their updates
+    clamped: bool = False  # contrastive / coupled learning: the output clamped, not nudged
 
 
 def write_grads(model: EnergyNet, grads: list[Tensor]) -> None:
@@ -890,7 +906,8 @@ def bf16_anchors(ph: Phases) -> list[int]:
 def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float = 1.0,
                  masks: Masks = None) -> States:
     """EP: free phase to s*, nudged phase(s) from s*, then the energy-difference gradient
-    (with dropout `masks`, the same in every phase)."""
+    (with dropout `masks`, the same in every phase). With `ph.clamped`, coupled learning
+    (contrastive at beta 1): the second phase clamps the output instead of nudging it."""
     beta = sign * ph.beta2
     # bf16: the nudge moves the states by less than bfloat16's rounding of a field, and that
     # rounding keeps the free phase off any fixed point; so the last free steps and the
@@ -908,6 +925,9 @@ def ep_gradients(model: EnergyNet, x: Tensor, y: Tensor, ph: Phases, sign: float
             nudged, start = batch.stacked(beta), map_states(lambda t: torch.cat([t, t]), s_free)
         else:
             nudged, start = batch.nudged(beta), s_free
+        if ph.clamped:
+            nudged = nudged.clamped(model.visible(start)[-1])
+            start = held(nudged, start)
         s_nudged = nudged_phase(model, nudged, start, ph.T2, ph.explicit)
         if ph.thirdphase:
             n = x.shape[0]

@@ -78,8 +78,10 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
 
 
 def phases_from(args: Namespace) -> Phases:
-    return Phases(args.T1, args.T2, args.betas[0], args.betas[1], args.thirdphase,
-                  args.dynamics == "explicit", args.same_update)
+    """The phases of the rule; CL is CpL at beta 1, its clamp the target itself."""
+    beta2 = 1.0 if args.alg == "CL" else args.betas[1]
+    return Phases(args.T1, args.T2, args.betas[0], beta2, args.thirdphase,
+                  args.dynamics == "explicit", args.same_update, args.alg in ("CL", "CpL"))
 
 
 @torch.no_grad()
@@ -259,8 +261,8 @@ class Trainer:
         alg, masks, total = self.args.alg, None, len(y)
         if self.args.dropouts is not None:  # drawn for the whole batch: alike in every process
             masks = self.model.dropout_masks(x, self.args.dropouts, self.gen)
-        sign = 1.0
-        if alg in ("EP", "CEP") and self.args.random_sign:
+        sign = -1.0 if self.args.nudge == "negative" else 1.0
+        if self.args.random_sign:
             sign = 2.0 * torch.randint(0, 2, (), generator=self.gen, device=x.device).item() - 1
         part = distributed.shard(total)
         x, y = x[part], y[part]
@@ -274,7 +276,7 @@ class Trainer:
         if not len(y):  # a last batch smaller than the process count: this one has no share
             write_grads(self.model, [torch.zeros_like(p) for p in self.model.parameters()])
             s = self.model.init_states(x)
-        elif alg == "EP":
+        elif alg in ("EP", "CL", "CpL"):  # (CL, CpL: the second phase clamped)
             s = ep_gradients(self.model, x, y, self.phases, sign, masks)
         elif alg == "BPTT":
             s = bptt_gradients(self.model, x, y, self.phases, masks)

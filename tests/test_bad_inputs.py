@@ -144,6 +144,18 @@ ROWS = [
     (MLP, ["--cep-debug"], "--cep-debug"),
     (MLP, ["--alg", "CEP", "--cep-debug", "--todo", "gducheck"], "--cep-debug"),
     (MLP, ["--alg", "BPTT", "--thirdphase"], "--thirdphase"),
+    # --nudge and the clamping rules
+    (MLP, ["--nudge", "both"], "--nudge"),
+    (MLP, ["--nudge", "positive", "--thirdphase"], "--thirdphase"),
+    (MLP, ["--nudge", "negative", "--betas", "0", "-0.2"], "--nudge"),
+    (MLP, ["--nudge", "negative", "--random-sign"], "--random-sign"),
+    (MLP, ["--alg", "BPTT", "--nudge", "centered"], "--nudge"),
+    (MLP, ["--alg", "CpL", "--softmax", "--loss", "cel"], "--softmax"),
+    (MLP, ["--alg", "CpL", "--betas", "0.1", "0.5"], "--betas"),
+    (MLP, ["--alg", "CL", "--betas", "0", "0.5"], "--alg"),
+    (MLP, ["--alg", "CL", "--nudge", "centered"], "--alg"),
+    (MLP, ["--alg", "CL", "--check-thm"], "--check-thm"),
+    (MLP, ["--alg", "CpL", "--nudge", "centered", "--betas", "0", "0"], "--betas"),
     # paths
     (MLP, ["--load-path", ""], "--load-path"),
     (MLP, ["--todo", "evaluate", "--load-path", ""], "--load-path"),

@@ -60,6 +60,8 @@ def test_phases_and_estimators_never_read_tensors_on_the_host(name, precision, s
         for thirdphase in (False, True):
             ep_gradients(model, x, y, Phases(6, 3, 0.0, 0.5, thirdphase), masks=masks)
         ep_gradients(model, x, y, Phases(6, 3, 0.0, 0.5), sign=-1.0)
+        if not model.softmax:  # coupled learning: the output clamped (both signs at once)
+            ep_gradients(model, x, y, Phases(6, 3, 0.0, 0.5, True, clamped=True), masks=masks)
         bptt_gradients(model, x, y, Phases(6, 3), masks)
         if not model.has_feedback:
             bp_gradients(model, x, y, masks)

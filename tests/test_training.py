@@ -18,7 +18,8 @@ AUGMENTED = TINY_MLP + ["--random-sign", "--data-aug", "--seed", "3", "--save"]
 CONTINUAL = ["--alg", "CEP", "--thirdphase", "--wds", "0.1", "0.1", "--lr-decay"]
 
 
-@pytest.mark.parametrize("extra", [[], CONTINUAL], ids=["EP", "CEP"])
+@pytest.mark.parametrize("extra", [[], CONTINUAL, ["--alg", "CpL", "--betas", "0", "0.5"]],
+                         ids=["EP", "CEP", "CpL"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path, capsys, extra):
     argv = AUGMENTED + extra
     assert cli(argv + ["--epochs", "3", "--results-dir", tmp_path / "a"])[0] == 0
