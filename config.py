@@ -24,7 +24,8 @@ TODOS = {"train", "evaluate", "gducheck", "attack", "advtrain", "characteristic"
 TRAINING_TODOS = ("train", "advtrain")
 # the todos that read a trained run (--load-path) and write beside it
 READING_TODOS = ("evaluate", "attack", "characteristic", "transfer", "corruptions")
-ALGS, LOSSES, OPTIMS = ("EP", "CEP", "CL", "CpL", "BPTT", "BP"), ("mse", "cel"), ("sgd", "adam")
+ALGS, LOSSES, OPTIMS = ("EP", "CEP", "CL", "CpL", "hEP", "BPTT", "BP"), ("mse", "cel"), (
+    "sgd", "adam")
 # the rules with a second phase, nudged or clamped: --betas, --nudge, --random-sign
 NUDGING = ("EP", "CEP", "CL", "CpL")
 CLAMPING = ("CL", "CpL")  # their second phase clamps the output layer
@@ -281,6 +282,7 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     check_steps(args)
     check_signs(args, typed)
     fill_defaults(args)
+    check_holomorphic(args, typed)
     n_layers = check_architecture(args)
     if "dropouts" in typed and not trains(args):
         raise FlagError(f"--dropouts only applies while training (--todo train or advtrain); "
@@ -494,6 +496,39 @@ def check_nudge(args: Namespace, typed: set[str]) -> None:
                         "remove --betas, --nudge and --random-sign (--alg CpL clamps it to "
                         "(1 - beta) o* + beta y, at either sign or both)", "alg", "betas",
                         "nudge")
+
+
+def check_holomorphic(args: Namespace, typed: set[str]) -> None:
+    """--alg hEP where the dynamics are holomorphic in beta (its exactness needs them)."""
+    from holomorphic import HOLOMORPHIC_ACTS, HOLOMORPHIC_POOLS
+
+    hep = args.alg == "hEP" and trains(args)
+    if "holo_points" in typed and not hep:
+        raise FlagError("--holo-points applies to --alg hEP while training; remove it",
+                        "holo_points", "alg")
+    if not hep:
+        return
+    if args.holo_points < 2:
+        raise FlagError(f"--holo-points {args.holo_points}: the circle of nudges needs at least "
+                        "2 points (the default 4; 2 is symmetric EP)", "holo_points")
+    why = None
+    if args.model not in ("MLP", "CNN"):
+        why = (f"--model {args.model}: defined for MLP and CNN (no feedback weights, no sparse "
+               "code)", "model")
+    elif args.act not in HOLOMORPHIC_ACTS:
+        why = f"--act {args.act} has corners; use {', '.join(HOLOMORPHIC_ACTS)}", "act"
+    elif args.model == "CNN" and set(args.pools) - set(HOLOMORPHIC_POOLS):
+        why = ("--pools: max pooling has corners; use a (average) or i (none)", "pools")
+    elif args.loss != "mse":
+        why = "--loss cel: use mse, whose square is holomorphic", "loss"
+    elif args.precision == "bf16":
+        why = "--precision bf16: there is no complex bfloat16; use fp32", "precision"
+    elif args.compile:
+        why = "--compile: the complex phases are not compiled; remove it", "compile"
+    elif args.betas[0] != 0:
+        why = f"--betas {args.betas[0]:g}: the free phase is at beta 0; give --betas 0 B", "betas"
+    if why:
+        raise FlagError(f"--alg hEP needs dynamics holomorphic in beta: {why[0]}", why[1], "alg")
 
 
 def check_cep(args: Namespace, typed: set[str]) -> None:

@@ -122,8 +122,10 @@ def build_parser() -> Parser:
                    "the runs under folders)")
     g.add_argument("--alg", default="EP", help="EP, CEP (Continual EP: weights updated at "
                    "every nudged step), CL (contrastive: the output clamped to the target), "
-                   "CpL (coupled: clamped to (1 - beta) o* + beta y), BPTT or BP (feed-forward "
-                   "backprop)")
+                   "CpL (coupled: clamped to (1 - beta) o* + beta y), hEP (holomorphic: "
+                   "complex nudges on a circle), BPTT or BP (feed-forward backprop)")
+    g.add_argument("--holo-points", type=int, default=4, metavar="N",
+                   help="hEP: nudges |beta2| e^(2 pi i k/N), k < N, on the circle")
     g.add_argument("--T1", type=int, default=30, help="free-phase steps")
     g.add_argument("--T2", type=int, default=10,
                    help="nudged-phase steps (BPTT: steps with graph)")

@@ -233,6 +233,8 @@ class ConvPool(nn.Conv2d, Feedback, LowPrecision):
         if self.pool == "m":
             out, indices = F.max_pool2d(c, 2, return_indices=True) if routing else (
                 F.max_pool2d(c, 2), None)
+        elif self.pool == "a" and c.is_complex():  # (holomorphic EP) linear: each part alone
+            out = torch.complex(F.avg_pool2d(c.real, 2), F.avg_pool2d(c.imag, 2))
         elif self.pool == "a":
             out = F.avg_pool2d(c, 2)
         else:
@@ -303,8 +305,14 @@ class ConvPool(nn.Conv2d, Feedback, LowPrecision):
         """d<P(conv_weight(s_in)), s_out>/dweight, and s_out un-pooled at that conv's arg-max."""
         s_in = s_in.contiguous(memory_format=torch.channels_last)
         g = self.unpool(s_out, self._conv_pool(s_in, weight, bias)[1])
-        dw = torch.nn.grad.conv2d_weight(s_in, weight.shape, g, self.stride, self.padding)
-        return dw, g
+
+        def kernel(a: Tensor, b: Tensor) -> Tensor:
+            return torch.nn.grad.conv2d_weight(a, weight.shape, b, self.stride, self.padding)
+
+        if s_in.is_complex():  # (holomorphic EP) no complex kernel: bilinear in the parts
+            a, b, c, d = s_in.real, s_in.imag, g.real, g.imag
+            return torch.complex(kernel(a, c) - kernel(b, d), kernel(a, d) + kernel(b, c)), g
+        return kernel(s_in, g), g
 
 
 # dropout: one inverted mask per synapse for the layer it reads (input first), None = keep all

@@ -25,6 +25,7 @@ from data_utils import Split, batches, num_batches
 from continual import CEP_CHECK_LR, continual_ep, step_weight_decays
 from errors import Diverged, UsageError
 from gdu import gdu_check, mean_rmse
+from holomorphic import holomorphic_gradients
 from model_utils import (EnergyNet, Phases, States, bp_gradients, bptt_gradients, ep_gradients,
                          free_phase, write_grads)
 from results import (BEST_MODEL, CHECKPOINT, DICTIONARY, FINAL_CHECKPOINT, FINAL_MODEL, METRICS,
@@ -278,6 +279,8 @@ class Trainer:
             s = self.model.init_states(x)
         elif alg in ("EP", "CL", "CpL"):  # (CL, CpL: the second phase clamped)
             s = ep_gradients(self.model, x, y, self.phases, sign, masks)
+        elif alg == "hEP":
+            s = holomorphic_gradients(self.model, x, y, self.phases, self.args.holo_points, masks)
         elif alg == "BPTT":
             s = bptt_gradients(self.model, x, y, self.phases, masks)
         else:

@@ -156,6 +156,16 @@ ROWS = [
     (MLP, ["--alg", "CL", "--nudge", "centered"], "--alg"),
     (MLP, ["--alg", "CL", "--check-thm"], "--check-thm"),
     (MLP, ["--alg", "CpL", "--nudge", "centered", "--betas", "0", "0"], "--betas"),
+    # holomorphic EP: dynamics holomorphic in beta, and its own flag
+    (MLP, ["--alg", "hEP", "--act", "hard_sigmoid"], "--act"),
+    (CNN, ["--alg", "hEP", "--act", "tanh"], "--pools"),
+    (VFMLP, ["--alg", "hEP", "--act", "tanh"], "--model"),
+    (MLP, ["--alg", "hEP", "--act", "tanh", "--loss", "cel"], "--loss"),
+    (MLP, ["--alg", "hEP", "--act", "tanh", "--precision", "bf16"], "--precision"),
+    (MLP, ["--alg", "hEP", "--act", "tanh", "--holo-points", "1"], "--holo-points"),
+    (MLP, ["--alg", "hEP", "--act", "tanh", "--thirdphase"], "--thirdphase"),
+    (MLP, ["--alg", "hEP", "--act", "tanh", "--nudge", "negative"], "--nudge"),
+    (MLP, ["--holo-points", "8"], "--holo-points"),
     # paths
     (MLP, ["--load-path", ""], "--load-path"),
     (MLP, ["--todo", "evaluate", "--load-path", ""], "--load-path"),

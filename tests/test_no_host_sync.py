@@ -10,6 +10,8 @@ import torch
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
 from continual import continual_ep
+import holomorphic
+from holomorphic import holomorphic_gradients
 from model_utils import (EnergyNet, LCAConfig, Phases, bp_gradients, bptt_gradients, build_cnn,
                          build_lcanet, build_mlp, ep_gradients, free_phase, set_precision)
 from solvers import Convergence, Solver
@@ -50,6 +52,7 @@ def faked(model: EnergyNet, mode: FakeTensorMode) -> EnergyNet:
 def test_phases_and_estimators_never_read_tensors_on_the_host(name, precision, solver):
     mode = FakeTensorMode()
     model = faked(models()[name], mode)
+    twin = faked(holomorphic.complex_twin(models()[name]), mode) if name == "MLP" else None
     set_precision(model, precision)
     model.solver = model.nudged_solver = solver and Solver(solver)
     with mode:
@@ -62,6 +65,9 @@ def test_phases_and_estimators_never_read_tensors_on_the_host(name, precision, s
         ep_gradients(model, x, y, Phases(6, 3, 0.0, 0.5), sign=-1.0)
         if not model.softmax:  # coupled learning: the output clamped (both signs at once)
             ep_gradients(model, x, y, Phases(6, 3, 0.0, 0.5, True, clamped=True), masks=masks)
+        if name == "MLP" and precision == "fp32":  # holomorphic EP's complex phases (its
+            holomorphic._twins[model] = twin  # complex copy made once, outside fake mode)
+            holomorphic_gradients(model, x, y, Phases(6, 3, 0.0, 0.5), 3, masks)
         bptt_gradients(model, x, y, Phases(6, 3), masks)
         if not model.has_feedback:
             bp_gradients(model, x, y, masks)
