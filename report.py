@@ -68,6 +68,11 @@ def describe(args: dict) -> dict[str, object]:
     if args.get("alg") != "BP":  # feed-forward: no phases
         flags = [f"T1 {args.get('T1')}", f"T2 {args.get('T2')}",
                  f"betas {' '.join(f'{b:g}' for b in args.get('betas') or [])}"]
+        nudge = args.get("nudge") or ("centered" if args.get("thirdphase") else "positive")
+        if nudge != "positive":
+            flags.append(f"nudge {nudge}")
+        if args.get("alg") == "hEP":
+            flags.append(f"{args.get('holo_points')} points")
         solver = args.get("solver") or "sync"
         if solver != "sync" or args.get("tol"):
             flags.append(solver + (f" tol {args['tol']:g}" if args.get("tol") else ""))

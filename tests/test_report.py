@@ -95,3 +95,13 @@ def test_a_cell_is_the_strongest_attack_over_its_step_counts(study, capsys):
     with open(root / "report.csv") as f:
         row = next(r for r in csv.DictReader(f) if r["run"] == str(ep.relative_to(root)))
     assert float(row["fgsm Linf 0.1"]) == pytest.approx(min(r.adv_acc for r in fgsm), abs=0.005)
+
+
+def test_the_flags_name_the_rules_variant():
+    import report
+    base = {"model": "MLP", "task": "MNIST5K", "T1": 5, "T2": 2, "betas": [0.0, 0.5]}
+    assert "nudge centered" in report.describe({**base, "alg": "EP", "thirdphase": True})["flags"]
+    assert "nudge negative" in report.describe({**base, "alg": "CpL", "nudge": "negative"})[
+        "flags"]
+    assert "nudge" not in report.describe({**base, "alg": "EP", "nudge": "positive"})["flags"]
+    assert "8 points" in report.describe({**base, "alg": "hEP", "holo_points": 8})["flags"]
