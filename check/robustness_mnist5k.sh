@@ -18,6 +18,7 @@ declare -A unroll=([mlp]="" [cnn]="--attack-step 60")  # a phase's sweeps (READM
 # the CNN's white-box sweeps on 200 digits and 3 eps: the full sweep is ~50 min a model here
 declare -A sweep=([mlp]="" [cnn]="--eps 0.01 0.03 0.1")
 declare -A pgd_images=([mlp]="" [cnn]="--attack-images 200")
+declare -A hsj_images=([mlp]="" [cnn]="--attack-images 30")  # ~25 s an image on the CNN here
 [ -d "$out/mnist_c" ] || python check/make_corruptions.py "$out/mnist_c"
 for model in ${lines:-mlp}; do
   for alg in EP BPTT BP; do
@@ -31,7 +32,8 @@ for model in ${lines:-mlp}; do
     python main.py --todo attack --load-path "$run" --attack pgd --save-examples $steps \
       ${sweep[$model]} ${pgd_images[$model]}
     python main.py --todo attack --load-path "$run" --attack square ${sweep[$model]}
-    python main.py --todo attack --load-path "$run" --attack hsj --attack-norm 2 $hsj
+    python main.py --todo attack --load-path "$run" --attack hsj --attack-norm 2 $hsj \
+      ${hsj_images[$model]}
     python main.py --todo corruptions --load-path "$run" --corruptions-dir "$out/mnist_c"
     if [ "$alg" != BP ]; then
       python main.py --todo characteristic --load-path "$run"
