@@ -249,8 +249,8 @@ def check_all(args: Namespace, typed: set[str], from_checkpoint: frozenset[str])
     if args.alg not in NUDGING and trains(args):  # evaluate, gducheck and attack ignore --alg
         for dest in ("thirdphase", "random_sign"):
             if getattr(args, dest):
-                raise FlagError(f"{flag(dest)} only applies with --alg EP or CEP (not "
-                                f"{args.alg})", dest, "alg")
+                raise FlagError(f"{flag(dest)} only applies with --alg "
+                                f"{', '.join(NUDGING)} (not {args.alg})", dest, "alg")
     check_cep(args, typed)
     check_nudge(args, typed)
     if args.softmax and args.loss != "cel":
@@ -465,6 +465,10 @@ def check_characteristic(args: Namespace, typed: set[str]) -> None:
 def check_nudge(args: Namespace, typed: set[str]) -> None:
     """--nudge, with its old spellings (--thirdphase: centered; a negative beta2 alone:
     negative), and the clamping rules' limits. Sets --thirdphase where centered."""
+    if "nudge" in typed and "thirdphase" not in typed:  # what is typed now decides
+        args.thirdphase = False
+    elif "thirdphase" in typed and "nudge" not in typed:
+        args.nudge = "centered"
     if args.nudge is None:  # (also a run saved before --nudge existed)
         args.nudge = "centered" if args.thirdphase else "positive"
     one_of("nudge", args.nudge, NUDGES)
@@ -493,7 +497,8 @@ def check_nudge(args: Namespace, typed: set[str]) -> None:
                         f"first phase is free; give --betas 0 {args.betas[1]:g}", "betas", "alg")
     if args.alg == "CL" and ("betas" in typed or args.nudge != "positive" or args.random_sign):
         raise FlagError("--alg CL clamps the output to the target, with no beta and no sign; "
-                        "remove --betas, --nudge and --random-sign (--alg CpL clamps it to "
+                        "remove --betas, --nudge (--thirdphase) and --random-sign (--alg CpL "
+                        "clamps it to "
                         "(1 - beta) o* + beta y, at either sign or both)", "alg", "betas",
                         "nudge")
 
@@ -525,6 +530,9 @@ def check_holomorphic(args: Namespace, typed: set[str]) -> None:
         why = "--precision bf16: there is no complex bfloat16; use fp32", "precision"
     elif args.compile:
         why = "--compile: the complex phases are not compiled; remove it", "compile"
+    elif args.dynamics != "explicit":
+        why = ("--dynamics autograd: autograd of a complex Phi is not the holomorphic "
+               "derivative; use --dynamics explicit", "dynamics")
     elif args.betas[0] != 0:
         why = f"--betas {args.betas[0]:g}: the free phase is at beta 0; give --betas 0 B", "betas"
     if why:
@@ -543,6 +551,10 @@ def check_cep(args: Namespace, typed: set[str]) -> None:
     if args.model not in ("MLP", "CNN"):  # the published rule has no feedback or code update
         raise FlagError(f"--alg CEP is defined (as published) for --model MLP and CNN, not "
                         f"{args.model}: use --alg EP", "alg", "model")
+    if args.optim == "adam" and not args.load_path:
+        print("notice: --alg CEP with --optim adam takes T2 Adam steps a batch, each about lr in "
+              "size whatever its update (the last nudged steps' updates are mostly rounding); "
+              "the published CEP uses --optim sgd")
     if args.precision == "bf16":
         raise FlagError("--precision bf16 with --alg CEP: each update pairs two consecutive "
                         "nudged states, closer than bfloat16's rounding; use fp32 or tf32",
@@ -579,14 +591,15 @@ def check_steps(args: Namespace) -> None:
                         "T2 of the T1 free steps; make T2 <= T1", "T2", "T1")
     if gdu and args.T2 < 1:
         raise FlagError("--T2 0: the GDU check compares the T2 nudged steps; give --T2 >= 1", "T2")
-    if trains(args) and args.T2 < 1 and args.alg in (*NUDGING, "BPTT"):
+    if trains(args) and args.T2 < 1 and args.alg in (*NUDGING, "hEP", "BPTT"):
         why = ("BPTT back-propagates through the last T2 steps" if args.alg == "BPTT" else
                "EP's nudged phase needs at least one step to move the states")
         raise FlagError(f"--T2 0: {why}; give --T2 >= 1", "T2", "alg")
-    if (args.alg in NUDGING or args.todo == "gducheck") and args.betas[0] == args.betas[1]:
+    if (args.alg in (*NUDGING, "hEP") or args.todo == "gducheck") and \
+            args.betas[0] == args.betas[1]:
         raise FlagError("--betas: beta1 and beta2 must differ (EP divides by beta2 - beta1)",
                         "betas")
-    ep = args.todo == "gducheck" or trains(args) and args.alg in NUDGING
+    ep = args.todo == "gducheck" or trains(args) and args.alg in (*NUDGING, "hEP")
     least, dtype = (MIN_NUDGE_FLOAT64, "float64") if args.todo == "gducheck" else (
         MIN_NUDGE, "float32")
     if ep and 0 < abs(args.betas[1] - args.betas[0]) < least:

@@ -109,7 +109,8 @@ def debug_end(model: EnergyNet, optimizer: torch.optim.Optimizer, saved: dict) -
         before = dict(zip(model.parameters(), saved["weights"], strict=True))
         for group in optimizer.param_groups:
             for p in group["params"]:
-                p.grad = torch.empty_like(p).copy_((before[p] - p) / group["lr"])
+                p.grad = (torch.empty_like(p).copy_((before[p] - p) / group["lr"])
+                          if group["lr"] else torch.zeros_like(p))  # (lr 0: a frozen layer)
                 p.copy_(before[p])
     for group, lr in zip(optimizer.param_groups, saved["lrs"], strict=True):
         group["lr"] = lr

@@ -66,8 +66,9 @@ def describe(args: dict) -> dict[str, object]:
         return {"model": "?", "task": "?", "alg": "?", "flags": "(no saved arguments)"}
     flags = []
     if args.get("alg") != "BP":  # feed-forward: no phases
-        flags = [f"T1 {args.get('T1')}", f"T2 {args.get('T2')}",
-                 f"betas {' '.join(f'{b:g}' for b in args.get('betas') or [])}"]
+        betas = ("clamped to the target" if args.get("alg") == "CL" else
+                 f"betas {' '.join(f'{b:g}' for b in args.get('betas') or [])}")
+        flags = [f"T1 {args.get('T1')}", f"T2 {args.get('T2')}", betas]
         nudge = args.get("nudge") or ("centered" if args.get("thirdphase") else "positive")
         if nudge != "positive":
             flags.append(f"nudge {nudge}")
@@ -122,11 +123,11 @@ def characteristic_median(run: Path) -> float | None:
         raise ValueError(f"{path.name} is unreadable ({e})") from None
 
 
-def own_solver(args: dict) -> set[str]:
-    """The solver labels (attack.Row.solver) of the run's own predictions; "" is a row from
-    before solvers were recorded."""
+def own_solver(args: dict) -> set[str] | None:
+    """The solver labels (attack.Row.solver) of the run's own predictions ("" is a row from
+    before solvers were recorded); None: any (a published folder saves no arguments)."""
     if not args:
-        return {""}
+        return None
     if args.get("alg") == "BP":
         return {"", "feed-forward"}
     return {"", Solver(args.get("solver") or "sync", args.get("tol"),
@@ -141,7 +142,7 @@ def read_run(run: Path) -> RunReport:
     solvers = own_solver(args)
     latest = {(r.attack, r.norm, r.eps, r.attack_step, r.predict_step): r.adv_acc
               for r in read_rows(run / RESULTS_FILE)
-              if not r.source and r.solver in solvers}  # white-box only
+              if not r.source and (solvers is None or r.solver in solvers)}  # white-box only
     for (attack, norm, eps, _, _), acc in latest.items():
         key = (attack, norm, eps)
         report.adversarial[key] = min(acc, report.adversarial.get(key, acc))

@@ -43,15 +43,19 @@ BLOWUP_GROWTH, BLOWUP_ACCURACY = 1e3, 1.5  # x the init's largest weight; x chan
 def make_optimizer(model: EnergyNet, args: Namespace) -> torch.optim.Optimizer:
     """One parameter group per synapse, with that layer's lr and weight decay (CEP's per
     step, converted as published)."""
-    wds = args.wds
-    if args.alg == "CEP" and not args.cep_debug:
-        wds = step_weight_decays(args.lrs, args.wds, args.T2)
     groups = [{"params": list(syn.parameters()), "lr": lr, "weight_decay": wd}
-              for syn, lr, wd in zip(model.synapses, args.lrs, wds)]
+              for syn, lr, wd in zip(model.synapses, args.lrs, weight_decays(args))]
     # fused: one kernel for all parameters (2-3x faster steps on CPU and on CUDA)
     if args.optim == "sgd":
         return torch.optim.SGD(groups, momentum=args.mmt, fused=True)
     return torch.optim.Adam(groups, fused=True)
+
+
+def weight_decays(args: Namespace) -> list[float]:
+    """Each layer's weight decay: --wds, or CEP's per step (it depends on T2 and the lrs)."""
+    if args.alg == "CEP" and not args.cep_debug:
+        return step_weight_decays(args.lrs, args.wds, args.T2)
+    return args.wds
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, args: Namespace):
@@ -162,6 +166,7 @@ class Trainer:
         self.history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
         self.epoch, self.best_acc, self.cursor = 0, -1.0, None
         self.stop_requested = False
+        self.sign = 1.0  # the last batch's sign of beta2
         self.last_free_states: States = []
         self.start_sizes = self.weight_sizes()  # the init's (as built: a resume's too)
 
@@ -188,6 +193,9 @@ class Trainer:
             if ckpt["optimizer"] is not None or not published:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
                 check_optimizer_state(self.optimizer)
+                if self.args.alg == "CEP":  # its decay follows a --T2 or --cep-debug typed now
+                    for group, wd in zip(self.optimizer.param_groups, weight_decays(self.args)):
+                        group["weight_decay"] = wd
             part = "scheduler state"
             if self.scheduler and ckpt["scheduler"]:
                 self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -265,6 +273,7 @@ class Trainer:
         sign = -1.0 if self.args.nudge == "negative" else 1.0
         if self.args.random_sign:
             sign = 2.0 * torch.randint(0, 2, (), generator=self.gen, device=x.device).item() - 1
+        self.sign = sign  # (--check-thm checks the batch's own nudge)
         part = distributed.shard(total)
         x, y = x[part], y[part]
         masks = masks and tuple(m if m is None else m[part] for m in masks)
@@ -359,7 +368,7 @@ class Trainer:
         """--check-thm: the GDU check on the batch's first samples; its mean normalised RMSE."""
         ph, k = self.phases, CHECK_THM_SAMPLES
         continual_lr = CEP_CHECK_LR if self.args.alg == "CEP" else 0.0
-        result = gdu_check(self.model, x[:k], y[:k], ph.T1, ph.T2, ph.beta2, False,
+        result = gdu_check(self.model, x[:k], y[:k], ph.T1, ph.T2, self.sign * ph.beta2, False,
                            ph.same_update, continual_lr)
         rmse = mean_rmse(result["metrics"]["one_sided"])
         tqdm.write(f"GDU check ({len(y[:k])} samples): mean normalised RMSE {rmse:.4f}")

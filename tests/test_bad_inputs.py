@@ -166,6 +166,9 @@ ROWS = [
     (MLP, ["--alg", "hEP", "--act", "tanh", "--thirdphase"], "--thirdphase"),
     (MLP, ["--alg", "hEP", "--act", "tanh", "--nudge", "negative"], "--nudge"),
     (MLP, ["--holo-points", "8"], "--holo-points"),
+    (MLP, ["--alg", "hEP", "--betas", "0", "0"], "--betas"),
+    (MLP, ["--alg", "hEP", "--T2", "0"], "--T2"),
+    (MLP, ["--alg", "hEP", "--dynamics", "autograd"], "--dynamics"),
     # paths
     (MLP, ["--load-path", ""], "--load-path"),
     (MLP, ["--todo", "evaluate", "--load-path", ""], "--load-path"),

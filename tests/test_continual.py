@@ -164,3 +164,33 @@ def test_cep_gdu_check_moves_the_weights_between_steps(float64):
     assert 0 < published and 5 < larger / published < 20
     for name, value in model.state_dict().items():
         assert torch.equal(value, weights[name]), name
+
+
+def test_a_resume_converts_the_weight_decay_for_its_own_t2(tmp_path, capsys):
+    """CEP's per-step decay depends on --T2: a resume with another one uses its own."""
+    from helpers import TINY_MLP, cli, only_run_dir
+    from trainer import weight_decays
+    argv = TINY_MLP + ["--alg", "CEP", "--wds", "0.2", "0.2", "--save", "--results-dir",
+                       tmp_path]
+    assert cli(argv, capsys)[0] == 0
+    run = only_run_dir(tmp_path)
+    assert cli(["--load-path", run, "--T2", "4", "--epochs", "1"], capsys)[0] == 0
+    saved = torch.load(run / "checkpoint.tar", weights_only=True)
+    expected = weight_decays(cep_args(*ARCHS["MLP"], "--wds", "0.2", "0.2", "--T2", "4",
+                                      "--lrs", "0.05", "0.05"))
+    assert [g["weight_decay"] for g in saved["optimizer"]["param_groups"]] == pytest.approx(
+        expected)
+
+
+def test_cep_debug_keeps_a_frozen_layer(tmp_path, capsys):
+    from helpers import TINY_MLP, cli, only_run_dir, weights
+    argv = TINY_MLP + ["--alg", "CEP", "--cep-debug", "--lrs", "0", "0.05", "--save",
+                       "--results-dir", tmp_path]
+    assert cli(argv, capsys)[0] == 0
+    run = only_run_dir(tmp_path)
+    trained = weights(run / "final_model.pt")
+    torch.manual_seed(0)
+    assert all(torch.isfinite(t).all() for t in trained.values())
+    start = config.build_model(cep_args(*TINY_MLP, "--seed", "0"))
+    assert torch.equal(trained["synapses.0.weight"], start.synapses[0].weight)
+    assert not torch.equal(trained["synapses.1.weight"], start.synapses[1].weight)

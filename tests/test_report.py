@@ -105,3 +105,14 @@ def test_the_flags_name_the_rules_variant():
         "flags"]
     assert "nudge" not in report.describe({**base, "alg": "EP", "nudge": "positive"})["flags"]
     assert "8 points" in report.describe({**base, "alg": "hEP", "holo_points": 8})["flags"]
+
+
+def test_a_published_folder_attacked_now_keeps_its_cells(tmp_path):
+    """The published code saves no arguments: its rows count whatever solver made them."""
+    import report
+    run = tmp_path / "published"
+    run.mkdir()
+    torch.save({"model_state_dict": {}, "epoch": 1}, run / "checkpoint.tar")
+    row = attack.Row("pgd", "inf", 0.1, 90.0, 12.5, 100, 30, 30, 1.0, "sync")
+    (run / attack.RESULTS_FILE).write_text(attack.HEADER + "\n" + row.line() + "\n")
+    assert report.read_run(run).adversarial == {("pgd", "inf", 0.1): 12.5}

@@ -149,3 +149,17 @@ def test_weights_after_training_equal_a_plain_loop(flags, float64):
         optimizer.step()
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-8, atol=1e-10)
+
+
+def test_nudge_and_thirdphase_typed_at_a_resume_decide(tmp_path, capsys):
+    """A run saved centered (--thirdphase) resumes with --nudge negative, and one saved
+    positive resumes with --thirdphase: what is typed now decides."""
+    from helpers import TINY_MLP, cli, only_run_dir
+    for first, then, now in ((["--thirdphase"], ["--nudge", "negative"], "negative"),
+                             ([], ["--thirdphase"], "centered")):
+        root = tmp_path / now
+        assert cli(TINY_MLP + first + ["--save", "--results-dir", root], capsys)[0] == 0
+        run = only_run_dir(root)
+        assert cli(["--load-path", run, "--epochs", "1", *then], capsys)[0] == 0
+        args = torch.load(run / "checkpoint.tar", weights_only=True)["args"]
+        assert (args["nudge"], args["thirdphase"]) == (now, now == "centered")
