@@ -34,9 +34,11 @@ _twins: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def complex_twin(model: EnergyNet) -> EnergyNet:
     """A complex copy of the model with its current weights (kept between batches)."""
-    dtype = COMPLEX[next(model.parameters()).dtype]
+    weight = next(model.parameters())
+    dtype = COMPLEX[weight.dtype]
     twin = _twins.get(model)
-    if twin is None or next(twin.parameters()).dtype != dtype:
+    if twin is None or (next(twin.parameters()).dtype, next(twin.parameters()).device) != (
+            dtype, weight.device):  # (a model moved to another device or dtype: anew)
         with warnings.catch_warnings():  # torch's notice that complex modules are new
             warnings.simplefilter("ignore", UserWarning)
             twin = copy.deepcopy(model).to(dtype)
