@@ -29,6 +29,7 @@ ALGS, LOSSES, OPTIMS = ("EP", "CEP", "CL", "CpL", "hEP", "BPTT", "BP"), ("mse", 
 # the rules with a second phase, nudged or clamped: --betas, --nudge, --random-sign
 NUDGING = ("EP", "CEP", "CL", "CpL")
 CLAMPING = ("CL", "CpL")  # their second phase clamps the output layer
+PHASED = (*NUDGING, "hEP")  # the rules whose gradient compares a free and a second phase
 NUDGES = ("positive", "negative", "centered")
 CONV_LISTS = ("kernels", "strides", "paddings", "pools")
 CONV_FLAGS = ("channels",) + CONV_LISTS + ("fc",)
@@ -591,15 +592,15 @@ def check_steps(args: Namespace) -> None:
                         "T2 of the T1 free steps; make T2 <= T1", "T2", "T1")
     if gdu and args.T2 < 1:
         raise FlagError("--T2 0: the GDU check compares the T2 nudged steps; give --T2 >= 1", "T2")
-    if trains(args) and args.T2 < 1 and args.alg in (*NUDGING, "hEP", "BPTT"):
+    if trains(args) and args.T2 < 1 and args.alg in (*PHASED, "BPTT"):
         why = ("BPTT back-propagates through the last T2 steps" if args.alg == "BPTT" else
                "EP's nudged phase needs at least one step to move the states")
         raise FlagError(f"--T2 0: {why}; give --T2 >= 1", "T2", "alg")
-    if (args.alg in (*NUDGING, "hEP") or args.todo == "gducheck") and \
+    if (args.alg in PHASED or args.todo == "gducheck") and \
             args.betas[0] == args.betas[1]:
         raise FlagError("--betas: beta1 and beta2 must differ (EP divides by beta2 - beta1)",
                         "betas")
-    ep = args.todo == "gducheck" or trains(args) and args.alg in (*NUDGING, "hEP")
+    ep = args.todo == "gducheck" or trains(args) and args.alg in PHASED
     least, dtype = (MIN_NUDGE_FLOAT64, "float64") if args.todo == "gducheck" else (
         MIN_NUDGE, "float32")
     if ep and 0 < abs(args.betas[1] - args.betas[0]) < least:

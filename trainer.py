@@ -22,6 +22,7 @@ from tqdm import tqdm
 import distributed
 import plots
 from data_utils import Split, batches, num_batches
+from config import CLAMPING
 from continual import CEP_CHECK_LR, continual_ep, step_weight_decays
 from errors import Diverged, UsageError
 from gdu import gdu_check, mean_rmse
@@ -86,7 +87,7 @@ def phases_from(args: Namespace) -> Phases:
     """The phases of the rule; CL is CpL at beta 1, its clamp the target itself."""
     beta2 = 1.0 if args.alg == "CL" else args.betas[1]
     return Phases(args.T1, args.T2, args.betas[0], beta2, args.thirdphase,
-                  args.dynamics == "explicit", args.same_update, args.alg in ("CL", "CpL"))
+                  args.dynamics == "explicit", args.same_update, args.alg in CLAMPING)
 
 
 @torch.no_grad()
@@ -286,7 +287,7 @@ class Trainer:
         if not len(y):  # a last batch smaller than the process count: this one has no share
             write_grads(self.model, [torch.zeros_like(p) for p in self.model.parameters()])
             s = self.model.init_states(x)
-        elif alg in ("EP", "CL", "CpL"):  # (CL, CpL: the second phase clamped)
+        elif alg in ("EP", *CLAMPING):
             s = ep_gradients(self.model, x, y, self.phases, sign, masks)
         elif alg == "hEP":
             s = holomorphic_gradients(self.model, x, y, self.phases, self.args.holo_points, masks)
