@@ -191,6 +191,7 @@ def cli() -> None:
         args = line_args(a.precision, a.compile, a.tiny, extra)
         set_deterministic(args.deterministic)
         r = measure(args, device, a.batches, a.warmup)
+        distributed.close(wait=True)  # gloo aborts a process whose peer leaves mid-read
     finally:
         distributed.close()
     if distributed.is_main():
