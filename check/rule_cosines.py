@@ -23,7 +23,7 @@ from data_utils import load_task  # noqa: E402
 from trainer import Trainer  # noqa: E402
 
 RULES = {"EP": ["--alg", "EP"], "EP-N": ["--alg", "EP", "--nudge", "negative"],
-         "EP-C": ["--alg", "EP", "--nudge", "centered"], "CEP": ["--alg", "CEP"],
+         "EP-C": ["--alg", "EP", "--nudge", "centered"], "CEP": ["--alg", "CEP", "--optim", "sgd"],
          "CL": ["--alg", "CL"], "CpL": ["--alg", "CpL"],
          "CpL-N": ["--alg", "CpL", "--nudge", "negative"],
          "CpL-C": ["--alg", "CpL", "--nudge", "centered"], "hEP": ["--alg", "hEP"]}
@@ -60,24 +60,32 @@ def update(t: Trainer, x, y) -> torch.Tensor:
     return change
 
 
+def cosines(flags: list[str], rules: list[str], n_batches: int) -> dict[str, torch.Tensor]:
+    """Each rule's cosine with BPTT's gradient on each of the first n_batches batches."""
+    args, _ = main.parse(flags)
+    data = load_task(args.task, args.data_dir, torch.device("cpu"))
+    perm = torch.randperm(len(data[0]), generator=torch.Generator().manual_seed(args.seed))
+    picks = [perm[i * args.mbs:(i + 1) * args.mbs] for i in range(n_batches)]
+    dtype = torch.get_default_dtype()  # (float64 in its test)
+    batches = [(data[0].x[i].to(dtype), data[0].y[i]) for i in picks]
+    bptt = trainer_for(flags + ["--alg", "BPTT", "--T2", str(args.T1)], data)
+    truth = [update(bptt, x, y) for x, y in batches]
+    out = {}
+    for rule in rules:
+        t = trainer_for(flags + RULES[rule], data)
+        out[rule] = torch.stack([torch.nn.functional.cosine_similarity(update(t, x, y), g, dim=0)
+                                 for (x, y), g in zip(batches, truth)])
+    return out
+
+
 def main_() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=5)
     parser.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
     known, flags = parser.parse_known_args()
-    args, _ = main.parse(flags)
-    data = load_task(args.task, args.data_dir, torch.device("cpu"))
-    perm = torch.randperm(len(data[0]), generator=torch.Generator().manual_seed(args.seed))
-    picks = [perm[i * args.mbs:(i + 1) * args.mbs] for i in range(known.batches)]
-    batches = [(data[0].x[i], data[0].y[i]) for i in picks]
-    bptt = trainer_for(flags + ["--alg", "BPTT", "--T2", str(args.T1)], data)
-    truth = [update(bptt, x, y) for x, y in batches]
     print("| rule | cosine with BPTT's gradient (mean over batches) | spread (std) |")
     print("|---|---|---|")
-    for rule in known.rules:
-        t = trainer_for(flags + RULES[rule], data)
-        cos = torch.stack([torch.nn.functional.cosine_similarity(update(t, x, y), g, dim=0)
-                           for (x, y), g in zip(batches, truth)])
+    for rule, cos in cosines(flags, known.rules, known.batches).items():
         print(f"| {rule} | {cos.mean().item():.4f} | {cos.std().item():.4f} |")
 
 

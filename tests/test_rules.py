@@ -5,6 +5,7 @@ centered for EP and CpL. Each gradient against a reference written from the defi
 the mean of the positive and negative ones; whole training steps against a plain loop."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ import main
 from data_utils import Split
 from model_utils import Phases, autograd_step, ep_gradients
 from trainer import Trainer, phases_from
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ARCHS = {
     "MLP": ["--model", "MLP", "--archi", "784", "20", "12", "10"],
@@ -163,3 +166,17 @@ def test_nudge_and_thirdphase_typed_at_a_resume_decide(tmp_path, capsys):
         assert cli(["--load-path", run, "--epochs", "1", *then], capsys)[0] == 0
         args = torch.load(run / "checkpoint.tar", weights_only=True)["args"]
         assert (args["nudge"], args["thirdphase"]) == (now, now == "centered")
+
+
+def test_rule_cosines_orders_the_rules_as_the_theory_says(float64, monkeypatch):
+    """check/rule_cosines.py on a converged tiny MLP: hEP and centered EP point along BPTT's
+    gradient (centered closer than either one-sided EP), CEP at a small lr as EP, CL least."""
+    monkeypatch.syspath_prepend(str(ROOT / "check"))
+    import rule_cosines
+    flags = ["--model", "MLP", "--archi", "784", "16", "10", "--act", "sigmoid", "--T1", "60",
+             "--T2", "60", "--betas", "0", "0.5", "--mbs", "16", "--lrs", "1e-6", "1e-6"]
+    cos = {rule: c.mean().item() for rule, c in rule_cosines.cosines(
+        flags, ["EP", "EP-N", "EP-C", "CEP", "CL", "hEP"], 2).items()}
+    assert 1 - cos["hEP"] < 1e-6 < 1 - cos["EP-C"] < 1 - cos["EP"] < 1 - cos["CL"]
+    assert 1 - cos["EP-C"] < 1 - cos["EP-N"] < 1 - cos["CL"]
+    assert cos["CEP"] == pytest.approx(cos["EP"], abs=1e-6)
