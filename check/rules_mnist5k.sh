@@ -6,8 +6,8 @@
 # weights on the first 5 batches. CEP runs with SGD, as published (Adam's steps are each about
 # lr in size whatever their update; docs/learning_rules.md): the MLP at the published CEP
 # MNIST line's lrs, the CNN at the largest of 1x, 3x, 10x 1e-3 2e-4 1.6e-4 whose first updates
-# still point along BPTT's gradient (cosine 0.67; at 3x the weights move so far within a
-# batch's nudged steps that it falls to 0.09). Its cosine below is at the line's lrs, with SGD.
+# still point along BPTT's gradient (cosine 0.67 on 2 batches of 20; at 3x the weights move so
+# far within a batch's nudged steps that it falls to 0.09).
 #   lines="mlp cnn" (default both), OUT=results/rules; a run already in $OUT is not redone.
 set -e
 out=${OUT:-results/rules}
@@ -44,5 +44,8 @@ for rule in sys.argv[2:]:
     secs = sum(float(r["seconds"]) for r in rows) / len(rows)
     print(f"| {rule} | {max(tests):.1f} | {tests[-1]:.1f} | {secs:.1f} |")
 PY
-  python check/rule_cosines.py ${line[$model]} --seed 0 --batches 5 --rules ${rules[$model]/ BPTT/}
+  others=${rules[$model]/ BPTT/}
+  python check/rule_cosines.py ${line[$model]} --seed 0 --batches 5 --rules ${others/CEP /}
+  python check/rule_cosines.py ${line[$model]} --seed 0 --batches 5 --rules CEP --optim sgd \
+    --lrs ${cep_lrs[$model]} | tail -n 1  # (at the lrs it trains with)
 done
