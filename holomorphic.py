@@ -37,8 +37,8 @@ def complex_twin(model: EnergyNet) -> EnergyNet:
     weight = next(model.parameters())
     dtype = COMPLEX[weight.dtype]
     twin = _twins.get(model)
-    if twin is None or (next(twin.parameters()).dtype, next(twin.parameters()).device) != (
-            dtype, weight.device):  # (a model moved to another device or dtype: anew)
+    held = None if twin is None else next(twin.parameters())
+    if held is None or (held.dtype, held.device) != (dtype, weight.device):  # (moved: anew)
         with warnings.catch_warnings():  # torch's notice that complex modules are new
             warnings.simplefilter("ignore", UserWarning)
             twin = copy.deepcopy(model).to(dtype)

@@ -46,6 +46,6 @@ for rule in sys.argv[2:]:
 PY
   others=${rules[$model]/ BPTT/}
   python check/rule_cosines.py ${line[$model]} --seed 0 --batches 5 --rules ${others/CEP /}
-  python check/rule_cosines.py ${line[$model]} --seed 0 --batches 5 --rules CEP --optim sgd \
+  python check/rule_cosines.py ${line[$model]} --seed 0 --batches 5 --rules CEP \
     --lrs ${cep_lrs[$model]} | tail -n 1  # (at the lrs it trains with)
 done

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import TINY_MLP, assert_same_weights, cli, metrics, only_run_dir, weights
-from holomorphic import holomorphic_gradients
+from holomorphic import complex_twin, holomorphic_gradients
 from model_utils import Phases, bptt_gradients, build_cnn, build_mlp, ep_gradients
 from test_interruptions import stop_at
 
@@ -64,3 +64,16 @@ def test_a_resumed_run_equals_an_uninterrupted_one(extra, tmp_path, capsys, monk
     assert_same_weights(weights(a / "final_model.pt"), weights(b / "final_model.pt"))
     assert metrics(a) == metrics(b)
     assert float(metrics(a)[-1]["test_acc"]) > 50  # it learns
+
+
+def test_complex_copy_follows_the_model_to_another_device_and_dtype():
+    """A model moved after its first hEP batch (a resume onto a GPU, --precision) gets a
+    complex copy on its new device and dtype, not the one kept from before ("meta" stands in
+    for a GPU)."""
+    model = NETS["MLP"]()
+    twin = complex_twin(model)
+    assert complex_twin(model) is twin and next(twin.parameters()).dtype == torch.complex64
+    model.to(torch.float64)
+    assert next(complex_twin(model).parameters()).dtype == torch.complex128
+    model.to("meta")
+    assert next(complex_twin(model).parameters()).device.type == "meta"
